@@ -1,0 +1,83 @@
+"""The Celery app factory every Sous process uses; pool and queues come from the command line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import beat_init, worker_init
+
+from sous_core.queues import FAST_QUEUE, TASK_EXCHANGE, declare_topology, task_queues
+from sous_core.settings import Settings, get_settings
+from sous_core.tasks import TASK_ROUTES
+
+
+def create_celery_app(
+    main: str, settings: Settings | None = None, *, publisher_confirms: bool = False
+) -> Celery:
+    """A Celery app with Sous's topology and at-least-once delivery settings.
+
+    ``publisher_confirms`` makes every publish wait for RabbitMQ's confirm: on for
+    the API and the scheduler, which must know a job reached the broker. Workers
+    leave it off: with confirms on, a gevent worker's event dispatcher deadlocks
+    (its heartbeat greenlet waits on a confirm while holding the dispatcher lock).
+    """
+    settings = settings or get_settings()
+    app = Celery(main, broker=settings.broker_url, backend=settings.result_backend)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_queues=task_queues(settings.max_deliveries),
+        task_default_queue=FAST_QUEUE,
+        task_default_exchange=TASK_EXCHANGE.name,
+        task_default_exchange_type=TASK_EXCHANGE.type,
+        task_default_routing_key=FAST_QUEUE,
+        task_routes={name: {"queue": queue} for name, queue in TASK_ROUTES.items()},
+        task_create_missing_queues=False,
+        # At least once: ack after the task ran, and requeue when its worker process died.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_prefetch_multiplier=1,
+        # Outcomes live in the job table; only groups and chords need stored results.
+        task_ignore_result=True,
+        result_expires=24 * 3600,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.broker_publish_timeout / 2,
+        broker_transport_options={"confirm_publish": publisher_confirms},
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    _declare_topology_on_start(app, settings)
+    return app
+
+
+def _declare_topology_on_start(app: Celery, settings: Settings) -> None:
+    """Workers and beat declare the whole topology before consuming or scheduling.
+
+    Queues a process does not consume (and the dead-letter queue) must exist too:
+    Celery binds all of them for delayed delivery, and RabbitMQ needs the
+    dead-letter exchange to exist when it dead-letters a message.
+    """
+    if not settings.broker_is_amqp:
+        return
+
+    def declare(sender: Any = None, **_kwargs: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            with app.connection_for_write() as connection:
+                declare_topology(connection, settings.max_deliveries)
+
+    worker_init.connect(declare, weak=False)
+    beat_init.connect(declare, weak=False)

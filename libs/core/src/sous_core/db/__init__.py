@@ -1,0 +1,1 @@
+"""Job database: SQLAlchemy models, engine and sessions, Alembic migrations."""

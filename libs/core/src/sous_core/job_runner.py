@@ -1,0 +1,170 @@
+"""Worker side of a job: load the row, run the work, record the outcome, retry or fail.
+
+Every job task goes through ``register_job_task`` so redelivery, cancellation,
+transient/permanent errors and bad payloads are handled the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, Task
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+from sous_core import jobs
+from sous_core.db.engine import session_scope
+from sous_core.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
+from sous_core.settings import get_settings
+from sous_core.states import IllegalTransition, JobState
+from sous_core.tasks import JobPayload
+
+logger = logging.getLogger("sous.jobs")
+
+#: Seconds between two looks at the database for a cancel request.
+CANCEL_CHECK_INTERVAL = 1.0
+
+
+@dataclass
+class JobContext:
+    """What the work function of a job sees: its id, parameters and a way to report."""
+
+    job_id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    attempt: int
+    _last_cancel_check: float = field(default=0.0, repr=False)
+    _cancelled: bool = field(default=False, repr=False)
+
+    def should_stop(self) -> bool:
+        """True once the job has been cancelled; cheap to call often (checks ~once a second)."""
+        now = time.monotonic()
+        if not self._cancelled and now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL:
+            self._last_cancel_check = now
+            with session_scope() as session:
+                self._cancelled = jobs.is_cancel_requested(session, self.job_id)
+        return self._cancelled
+
+    def set_progress(self, percent: int) -> None:
+        percent = max(0, min(100, int(percent)))
+        with session_scope() as session:
+            jobs.set_progress(session, self.job_id, percent)
+
+
+def retry_delay(retries: int, base: float, cap: float) -> int:
+    """Exponential backoff with full jitter, in whole seconds, at least one.
+
+    Uniform in [1, max(1, min(cap, base * 2**retries))]; whole seconds because
+    RabbitMQ's delayed delivery (quorum queues) works at one-second granularity.
+    """
+    ceiling = max(1.0, min(cap, base * (2**retries)))
+    return math.ceil(random.uniform(1.0, ceiling))
+
+
+WorkFunction = Callable[[JobContext], dict[str, Any]]
+
+
+def register_job_task(app: Celery, name: str, work: WorkFunction, **options: Any) -> Task:
+    """Register ``work`` as the Celery task ``name`` running one job by id."""
+
+    def run(task: Task, **kwargs: Any) -> None:
+        try:
+            payload = JobPayload.model_validate(kwargs)
+        except ValidationError as exc:
+            # A malformed message can never succeed: log it and let it be acked.
+            logger.error("task %s got a malformed payload %r: %s", name, kwargs, exc)
+            return
+        _run_job(task, payload.job_id, work)
+
+    return app.task(name=name, bind=True, **options)(run)
+
+
+def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
+    context = _start(job_id)
+    if context is None:
+        return
+    started = time.monotonic()
+    try:
+        result = work(context)
+    except JobCancelled:
+        _finish(job_id, JobState.CANCELLED, error_code="cancelled",
+                error_message="The job was cancelled while it ran.")
+        logger.info("job %s cancelled while running", job_id)
+    except PermanentJobError as exc:
+        _fail(job_id, exc)
+    except (TransientJobError, OperationalError) as exc:
+        error = exc if isinstance(exc, JobError) else TransientJobError(
+            "database_unavailable", "The job database was unreachable."
+        )
+        _retry_or_fail(task, job_id, error)
+    except Exception as exc:
+        logger.exception("job %s failed with an unexpected error", job_id)
+        _fail(job_id, PermanentJobError("internal_error", f"Unexpected worker error: {exc!r}"))
+    else:
+        _finish(job_id, JobState.SUCCEEDED, result=result)
+        logger.info("job %s succeeded in %.3fs", job_id, time.monotonic() - started)
+
+
+def _start(job_id: uuid.UUID) -> JobContext | None:
+    """Mark the job running; ``None`` when it must not run (gone, finished, cancelled)."""
+    with session_scope() as session:
+        try:
+            job = jobs.get_job(session, job_id)
+        except jobs.JobNotFound:
+            logger.warning("job %s not found; dropping its message", job_id)
+            return None
+        if job.job_state.is_terminal:
+            logger.info("job %s is already %s; skipping redelivered message", job_id, job.state)
+            return None
+        if job.cancel_requested:
+            jobs.transition(session, job_id, JobState.CANCELLED, error_code="cancelled",
+                            error_message="The job was cancelled.")
+            return None
+        redelivered = job.job_state is JobState.RUNNING
+        try:
+            job = jobs.transition(session, job_id, JobState.RUNNING, error_code=None,
+                                  error_message=None)
+        except IllegalTransition as exc:
+            logger.info("job %s not started: %s", job_id, exc)
+            return None
+    if redelivered:
+        logger.warning("job %s redelivered (attempt %d): its last worker died", job_id,
+                       job.attempts)
+    return JobContext(job_id=job.id, kind=job.kind, params=dict(job.params),
+                      attempt=job.attempts)
+
+
+def _finish(job_id: uuid.UUID, state: JobState, **values: Any) -> None:
+    with session_scope() as session:
+        try:
+            jobs.transition(session, job_id, state, **values)
+        except IllegalTransition as exc:
+            # Cancelled by the API while the work ran: the cancel stands.
+            logger.info("job %s outcome %s not recorded: %s", job_id, state.value, exc)
+
+
+def _fail(job_id: uuid.UUID, error: JobError) -> None:
+    logger.warning("job %s failed: %s: %s", job_id, error.code, error.message)
+    _finish(job_id, JobState.FAILED, error_code=error.code, error_message=error.message)
+
+
+def _retry_or_fail(task: Task, job_id: uuid.UUID, error: JobError) -> None:
+    settings = get_settings()
+    retries = task.request.retries
+    if retries >= settings.max_retries:
+        _fail(job_id, type(error)(
+            error.code, f"{error.message} (gave up after {retries + 1} attempts)"
+        ))
+        return
+    delay = retry_delay(retries, settings.retry_backoff, settings.retry_backoff_max)
+    _finish(job_id, JobState.RETRYING, error_code=error.code, error_message=error.message)
+    logger.warning("job %s: %s; retry %d/%d in %ds", job_id, error.message, retries + 1,
+                   settings.max_retries, delay)
+    raise task.retry(countdown=delay, max_retries=settings.max_retries)

@@ -1,0 +1,171 @@
+"""Job records: create, read, list and move between states (the one place transitions happen)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from sous_core.db.models import Job, utcnow
+from sous_core.states import TERMINAL_STATES, IllegalTransition, JobState, sources_of
+
+#: Largest page ``list_jobs`` returns.
+MAX_PAGE_SIZE = 200
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def transition(
+    session: Session, job_id: uuid.UUID, target: JobState, **values: Any
+) -> Job:
+    """Move a job to ``target`` if its current state allows it, atomically.
+
+    The check and the write are one conditional ``UPDATE``, so two processes racing
+    (the API marking a job queued while a worker starts it) cannot both win an illegal
+    move. Timestamps and the attempt counter follow from the target state.
+    """
+    now = utcnow()
+    values = {"state": target.value, "updated_at": now, **values}
+    if target is JobState.QUEUED:
+        values.setdefault("queued_at", now)
+    elif target is JobState.RUNNING:
+        values.setdefault("started_at", now)
+        values["attempts"] = Job.attempts + 1
+    elif target in TERMINAL_STATES:
+        values.setdefault("finished_at", now)
+        if target is JobState.SUCCEEDED:
+            values.setdefault("progress", 100)
+    allowed = [state.value for state in sources_of(target)]
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(allowed))
+        .values(**values)
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    job = session.execute(statement).scalar_one_or_none()
+    if job is not None:
+        return job
+    current = session.execute(select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
+    if current is None:
+        raise JobNotFound(str(job_id))
+    raise IllegalTransition(JobState(current), target)
+
+
+def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Job:
+    """A job by id; with ``tenant_id``, another tenant's job is reported as not found."""
+    statement = select(Job).where(Job.id == job_id)
+    if tenant_id is not None:
+        statement = statement.where(Job.tenant_id == tenant_id)
+    job = session.execute(statement).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(str(job_id))
+    return job
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, job_id = raw.partition("|")
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None:
+            raise ValueError("cursor timestamp has no timezone")
+        return created_at, uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidCursor("the cursor is not one this API returned") from exc
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    kind: str | None = None,
+    state: JobState | None = None,
+) -> JobPage:
+    """A tenant's jobs, newest first, ``limit`` at a time; pass ``next_cursor`` for more."""
+    statement = select(Job).where(Job.tenant_id == tenant_id)
+    if kind is not None:
+        statement = statement.where(Job.kind == kind)
+    if state is not None:
+        statement = statement.where(Job.state == state.value)
+    if cursor is not None:
+        created_at, job_id = decode_cursor(cursor)
+        statement = statement.where(
+            or_(
+                Job.created_at < created_at,
+                and_(Job.created_at == created_at, Job.id < job_id),
+            )
+        )
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    statement = statement.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list(session.execute(statement).scalars())
+    next_cursor = None
+    if len(jobs) > limit:
+        jobs = jobs[:limit]
+        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id)
+    return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+
+def is_cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
+    """Whether a running job has been asked to stop (or is already cancelled)."""
+    row = session.execute(
+        select(Job.cancel_requested, Job.state).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None:
+        return True
+    return bool(row.cancel_requested) or row.state == JobState.CANCELLED.value
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """Cancel a job that has not started; flag a running one so its worker stops."""
+    if job.job_state is JobState.RUNNING:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(cancel_requested=True, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.refresh(job)
+        return job
+    return transition(
+        session,
+        job.id,
+        JobState.CANCELLED,
+        error_code="cancelled",
+        error_message="The job was cancelled before it ran.",
+    )
+
+
+def set_progress(session: Session, job_id: uuid.UUID, percent: int) -> None:
+    """Record progress of a running job; ignored once the job has left ``running``."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+        .values(progress=percent, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )

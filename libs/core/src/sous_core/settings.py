@@ -1,0 +1,98 @@
+"""Sous configuration: every setting comes from a ``SOUS_`` environment variable, read once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sous_core.netguard import parse_networks
+
+
+class Settings(BaseSettings):
+    """All of Sous's settings; ``.env.example`` documents each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="SOUS_", extra="ignore")
+
+    #: ``development`` or ``production``; production refuses placeholder secrets.
+    environment: Literal["development", "production"] = "development"
+    #: AMQP URL of RabbitMQ (``filesystem://`` in the embedded single-host mode).
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    #: Celery result backend (group/chord results); job outcomes live in the database.
+    result_backend: str = "redis://127.0.0.1:6379/0"
+    #: SQLAlchemy URL of the job database (``sqlite:///…`` in the embedded mode).
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/sous"
+    #: Connections each process keeps open to the database.
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    #: Where job outputs and uploads are stored.
+    storage_dir: Path = Path(".sous/storage")
+    #: Address and port the API listens on.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    #: uvicorn worker processes of the API.
+    api_workers: int = Field(default=1, ge=1, le=64)
+    #: Largest JSON request body the API accepts, in bytes (413 past it).
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Public base URL of the API, used in ``Location`` headers when set (else the request's).
+    public_url: str = ""
+    #: Seconds the API waits for the broker (connect and publisher confirm) before answering 503.
+    broker_publish_timeout: float = Field(default=1.5, gt=0, le=30)
+    #: Deliveries of one message before RabbitMQ dead-letters it (a task that keeps killing workers).
+    max_deliveries: int = Field(default=5, ge=1, le=100)
+    #: Retries of a transient failure (network, 5xx) before the job fails.
+    max_retries: int = Field(default=3, ge=0, le=20)
+    #: First retry delay in seconds; doubles each retry, with full jitter, capped by ``retry_backoff_max``.
+    retry_backoff: float = Field(default=2.0, ge=0)
+    retry_backoff_max: float = Field(default=300.0, ge=0)
+    #: CIDRs fetches may reach even though they are not public (e.g. ``127.0.0.2/32,10.1.0.0/16``).
+    fetch_allow_networks: str = ""
+    #: Per-hop timeout of a fetch in seconds.
+    fetch_timeout: float = Field(default=10.0, gt=0, le=300)
+    #: Bytes of a response a fetch reads before it stops (the result says ``truncated``).
+    fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    #: Redirects a fetch follows, each hop re-checked against the address rules.
+    fetch_max_redirects: int = Field(default=5, ge=0, le=30)
+    #: Log level of every Sous process.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Optional RabbitMQ management API base URL, for ``sous queues`` unacked counts.
+    rabbitmq_management_url: str = ""
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def fetch_allowed_networks(self) -> tuple:
+        return parse_networks(self.fetch_allow_networks)
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+    def check_production_ready(self) -> None:
+        """Refuse to run in production with the development defaults' placeholder credentials."""
+        if self.environment != "production":
+            return
+        placeholders = [
+            name
+            for name, value in (("SOUS_BROKER_URL", self.broker_url),)
+            if "guest:guest@" in value
+        ]
+        if placeholders:
+            raise RuntimeError(
+                "refusing to start in production with placeholder credentials in "
+                + ", ".join(placeholders)
+            )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    settings = Settings()
+    settings.check_production_ready()
+    return settings

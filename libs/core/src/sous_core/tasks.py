@@ -1,0 +1,43 @@
+"""Task names, their queues and their payloads: the contract between API, workers and scheduler.
+
+The API enqueues by name and never imports worker code; a worker registers its
+functions under these names. Payloads carry ids only, never objects or secrets.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, ConfigDict
+
+from sous_core.queues import FAST_QUEUE, HEAVY_QUEUE, MAINTENANCE_QUEUE
+
+FETCH_TASK = "sous.fetch"
+HEAVY_PING_TASK = "sous.heavy.ping"
+REQUEUE_STALE_PENDING_TASK = "sous.maintenance.requeue_stale_pending"
+
+
+class JobKind:
+    FETCH = "fetch"
+
+
+#: Which task runs a job of each kind.
+TASK_FOR_KIND: dict[str, str] = {JobKind.FETCH: FETCH_TASK}
+
+#: Which queue each task goes to; a task missing here is refused when published.
+TASK_ROUTES: dict[str, str] = {
+    FETCH_TASK: FAST_QUEUE,
+    HEAVY_PING_TASK: HEAVY_QUEUE,
+    REQUEUE_STALE_PENDING_TASK: MAINTENANCE_QUEUE,
+}
+
+
+class JobPayload(BaseModel):
+    """Keyword arguments of every job task: the id, nothing else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: uuid.UUID
+
+    def as_kwargs(self) -> dict[str, str]:
+        return {"job_id": str(self.job_id)}

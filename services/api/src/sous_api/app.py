@@ -1,0 +1,37 @@
+"""The FastAPI application: routers, error handlers and the shared Celery app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from sous_core.celery_app import create_celery_app
+from sous_core.settings import get_settings
+from sous_api.body_limit import BodySizeLimit
+from sous_api.errors import install_error_handlers
+from sous_api.routes import fetches, health, jobs
+
+DESCRIPTION = """Sous runs slow work in the background: submit a job, get its id at once
+(`202 Accepted` + `Location`), then follow it at `GET /v1/jobs/{id}`.
+
+Authenticate with `Authorization: Bearer <API key>` (`sous keys create --tenant NAME`)."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.celery = create_celery_app("sous-api", publisher_confirms=True)
+    yield
+    app.state.celery.pool.force_close_all()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(title="Sous", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.include_router(health.router)
+    app.include_router(fetches.router)
+    app.include_router(jobs.router)
+    return app
