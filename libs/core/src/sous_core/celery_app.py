@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -60,8 +61,32 @@ def create_celery_app(
         enable_utc=True,
         timezone="UTC",
     )
+    if settings.broker_url.startswith("filesystem://"):
+        app.conf.broker_transport_options = filesystem_transport_options(settings.embedded_dir)
     _declare_topology_on_start(app, settings)
     return app
+
+
+def filesystem_transport_options(folder: Path) -> dict[str, Any]:
+    """kombu ``filesystem://`` options for the embedded mode, creating the folders it needs.
+
+    Producers write to ``data_folder_out`` and consumers read ``data_folder_in``; one
+    folder for both lets every process reach every queue. Exchange bindings live in
+    ``control_folder``, so a publisher routes through the topic exchange to queues that
+    only a worker in another process declared.
+    """
+    messages, control, processed = folder / "messages", folder / "control", folder / "processed"
+    for path in (messages, control, processed):
+        path.mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(messages),
+        "data_folder_out": str(messages),
+        "control_folder": str(control),
+        "processed_folder": str(processed),
+        "store_processed": False,
+        # The transport polls the folder; 0.2 s keeps job latency low at little CPU cost.
+        "polling_interval": 0.2,
+    }
 
 
 def _declare_topology_on_start(app: Celery, settings: Settings) -> None:

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/sous"
     #: Connections each process keeps open to the database.
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    #: Folder the ``filesystem://`` broker keeps its messages in; every process must share it.
+    embedded_dir: Path = Path(".sous/broker")
     #: Where job outputs and uploads are stored.
     storage_dir: Path = Path(".sous/storage")
     #: Address and port the API listens on.
@@ -40,11 +42,13 @@ class Settings(BaseSettings):
     public_url: str = ""
     #: Seconds the API waits for the broker (connect and publisher confirm) before answering 503.
     broker_publish_timeout: float = Field(default=1.5, gt=0, le=30)
-    #: Deliveries of one message before RabbitMQ dead-letters it (a task that keeps killing workers).
+    #: Deliveries of one message before RabbitMQ dead-letters it
+    #: (a task that keeps killing workers).
     max_deliveries: int = Field(default=5, ge=1, le=100)
     #: Retries of a transient failure (network, 5xx) before the job fails.
     max_retries: int = Field(default=3, ge=0, le=20)
-    #: First retry delay in seconds; doubles each retry, with full jitter, capped by ``retry_backoff_max``.
+    #: First retry delay in seconds; doubles each retry, with full jitter,
+    #: capped by ``retry_backoff_max``.
     retry_backoff: float = Field(default=2.0, ge=0)
     retry_backoff_max: float = Field(default=300.0, ge=0)
     #: CIDRs fetches may reach even though they are not public (e.g. ``127.0.0.2/32,10.1.0.0/16``).

@@ -1,0 +1,48 @@
+"""Fixtures that run Sous for real: a private database, vhost and Redis DB, real processes."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support.stack import Api, Origin, Stack, make_stack
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def stack(session_tmp: Path) -> Iterator[Stack]:
+    """A shared installation with an API and a fast worker, for tests that can share one."""
+    with make_stack(session_tmp) as shared:
+        shared.start_fast_worker()
+        yield shared
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Api:
+    return stack.start_api()
+
+
+@pytest.fixture(scope="session")
+def origin() -> Iterator[Origin]:
+    server = Origin()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def tenant_key(stack: Stack) -> str:
+    return stack.create_key(f"tenant-{secrets.token_hex(3)}")
+
+
+@pytest.fixture
+def client(api: Api, tenant_key: str) -> Iterator[httpx.Client]:
+    with api.client(tenant_key) as http_client:
+        yield http_client

@@ -1,0 +1,271 @@
+"""Run Sous for real in tests: a private database, vhost and Redis DB, real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+from sqlalchemy.orm import Session
+
+from sous_core import apikeys
+from sous_core.db.engine import make_engine
+
+BIN = Path(sys.executable).parent
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+OK_BODY = b"hello from the test origin\n" * 100
+OK_SHA256 = hashlib.sha256(OK_BODY).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass
+class Stack:
+    """One isolated Sous installation: its own database, vhost and Redis DB."""
+
+    name: str
+    env: dict[str, str]
+    workdir: Path
+    processes: list[Proc] = field(default_factory=list)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / args[0]), *args[1:]], env=self.env, capture_output=True, text=True,
+            check=check, timeout=120,
+        )
+
+    def create_key(self, tenant: str) -> str:
+        """A new API key for ``tenant``, made in-process (the CLI is tested on its own)."""
+        engine = make_engine(self.database_url())
+        try:
+            with Session(engine) as session, session.begin():
+                tenant_row, _ = apikeys.get_or_create_tenant(session, tenant)
+                return apikeys.create_key(session, tenant_row).token
+        finally:
+            engine.dispose()
+
+    def create_key_with_cli(self, tenant: str) -> str:
+        return self.run("sous", "keys", "create", "--tenant", tenant).stdout.strip().splitlines()[-1]
+
+    def start(self, label: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc.start(label, [str(BIN / args[0]), *args[1:]], env or self.env,
+                          self.workdir / f"{label}.log")
+        self.processes.append(proc)
+        return proc
+
+    def start_api(self, env: dict[str, str] | None = None) -> Api:
+        env = dict(env or self.env)
+        env["SOUS_API_PORT"] = str(free_port())
+        proc = self.start(f"api-{env['SOUS_API_PORT']}", "sous-api", env=env)
+        api = Api(f"http://127.0.0.1:{env['SOUS_API_PORT']}", proc)
+        wait_until(api.alive, 30, "the API to answer /healthz")
+        return api
+
+    def start_fast_worker(self, label: str = "worker-fast", concurrency: int = 20) -> Proc:
+        proc = self.start(label, "celery", "-A", "sous_worker_fast.worker", "worker",
+                          "-P", "gevent", "-c", str(concurrency), "-Q", "fast,maintenance",
+                          "-n", f"{label}-{secrets.token_hex(3)}@%h", "--without-mingle",
+                          "--without-gossip")
+        proc.wait_for_log(r"ready\.", 60)
+        return proc
+
+    def database_url(self) -> str:
+        return self.env["SOUS_DATABASE_URL"]
+
+
+@dataclass
+class Proc:
+    label: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(cls, label: str, argv: list[str], env: dict[str, str], log_path: Path) -> Proc:
+        log = log_path.open("wb")
+        popen = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        log.close()
+        return cls(label, popen, log_path)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float) -> None:
+        def seen() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.label} exited ({self.popen.returncode}):\n{self.log()}")
+            return re.search(pattern, self.log()) is not None
+
+        wait_until(seen, timeout, f"{pattern!r} in the log of {self.label}")
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Api:
+    url: str
+    proc: Proc
+
+    def alive(self) -> bool:
+        if self.proc.popen.poll() is not None:
+            raise AssertionError(f"the API exited:\n{self.proc.log()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+
+def wait_for_job(client: httpx.Client, job_id: str, states: set[str], timeout: float = 30):
+    def reached() -> dict[str, Any] | None:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        return job if job["state"] in states else None
+
+    return wait_until(reached, timeout, f"job {job_id} to reach {sorted(states)}", 0.1)
+
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@contextlib.contextmanager
+def make_stack(tmp_path: Path, **overrides: str) -> Iterator[Stack]:
+    name = f"sous_it_{secrets.token_hex(4)}"
+    redis_db = 8 + secrets.randbelow(8)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    env = {
+        **os.environ,
+        "SOUS_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{name}",
+        "SOUS_RESULT_BACKEND": f"redis://127.0.0.1:6379/{redis_db}",
+        "SOUS_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+        "SOUS_RABBITMQ_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:15672",
+        "SOUS_FETCH_ALLOW_NETWORKS": "127.0.0.1/32",
+        "SOUS_MAX_RETRIES": "2",
+        "SOUS_RETRY_BACKOFF": "1",
+        "SOUS_STORAGE_DIR": str(tmp_path / "storage"),
+        "SOUS_LOG_LEVEL": "INFO",
+        **overrides,
+    }
+    stack = Stack(name=name, env=env, workdir=tmp_path)
+    try:
+        stack.run("sous", "db", "upgrade")
+        yield stack
+    finally:
+        for proc in stack.processes:
+            proc.stop()
+        rabbitmqctl("delete_vhost", name)
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
+        client.flushdb()
+        client.close()
+
+
+class Origin:
+    """A local HTTP server the fetch jobs talk to; counts hits per path."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        origin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = urllib.parse.urlsplit(self.path).path
+                origin.hits[self.path] += 1
+                if path == "/ok":
+                    self._send(200, OK_BODY)
+                elif path.startswith("/status/"):
+                    self._send(int(path.rsplit("/", 1)[1]), b"status\n")
+                elif path.startswith("/drip/"):
+                    self._drip(float(path.rsplit("/", 1)[1]))
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _drip(self, seconds: float) -> None:
+                # A slow body: 20 chunks spread over ``seconds``, so a job stays running.
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(20 * 10))
+                self.end_headers()
+                for _ in range(20):
+                    try:
+                        self.wfile.write(b"x" * 10)
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(seconds / 20)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
