@@ -310,10 +310,17 @@ def _signal_group(child: Child, signum: int) -> None:
 
 
 def stop_all(children: list[Child], out: Output) -> None:
-    """SIGTERM every group, wait up to STOP_TIMEOUT for all to go, then SIGKILL the rest."""
+    """SIGTERM every child, wait up to STOP_TIMEOUT for their groups to go, SIGKILL the rest.
+
+    SIGTERM goes to each child's main process only: it shuts its own pool down after
+    the running tasks finish, whereas a prefork pool process getting SIGTERM itself
+    would die mid-task.
+    """
     started = [child for child in children if child.process is not None]
     for child in started:
-        _signal_group(child, signal.SIGTERM)
+        assert child.process is not None
+        if child.process.poll() is None:
+            child.process.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline and any(_group_alive(child) for child in started):
         time.sleep(0.1)
