@@ -196,8 +196,10 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
 
 
 def choose_mode(args: argparse.Namespace, settings: Settings, out: Output) -> dict[str, str]:
-    """The ``SOUS_*`` overrides of the chosen mode (empty for services mode); exits if forced
-    services mode cannot reach a service."""
+    """The ``SOUS_*`` overrides of the chosen mode: none for services mode.
+
+    Exits when ``--mode services`` is forced but a service does not answer.
+    """
     if args.mode == "embedded":
         return embedded_env(args.data_dir)
     failures = probe_services(settings, out.say)
@@ -212,8 +214,9 @@ def choose_mode(args: argparse.Namespace, settings: Settings, out: Output) -> di
     return embedded_env(args.data_dir)
 
 
-def print_banner(out: Output, settings: Settings, overrides: dict[str, str],
-                 flower: bool) -> None:
+def print_banner(
+    out: Output, settings: Settings, overrides: dict[str, str], flower: bool, settings_file: Path
+) -> None:
     api = f"http://{settings.api_host}:{settings.api_port}"
     embedded = bool(overrides)
     if embedded:
@@ -221,8 +224,7 @@ def print_banner(out: Output, settings: Settings, overrides: dict[str, str],
         flower_line = "not started: Flower needs a real broker (services mode)"
     else:
         mode = "services mode (RabbitMQ + Redis + PostgreSQL)"
-        flower_line = (f"http://127.0.0.1:{flower_port()}" if flower
-                       else "not started (--no-flower)")
+        flower_line = f"http://127.0.0.1:{flower_port()}" if flower else "not started (--no-flower)"
     env_prefix = "".join(f"{key}={shlex.quote(value)} " for key, value in overrides.items())
     rule = "=" * 78
     for text in (
@@ -230,11 +232,29 @@ def print_banner(out: Output, settings: Settings, overrides: dict[str, str],
         f"Sous devstack: {mode}",
         f"API:     {api}   (docs: {api}/docs)",
         f"Flower:  {flower_line}",
+        f"Settings: {settings_file} (load with: set -a; . {settings_file}; set +a)",
         f"API key: {env_prefix}uv run sous keys create --tenant demo",
         "Stop:    Ctrl-C",
         rule,
     ):
         out.say(text)
+
+
+def write_env_file(path: Path, settings: Settings, overrides: dict[str, str]) -> None:
+    """Record the settings of this run, so ``sous`` in another shell reaches the same data."""
+    chosen = {
+        "SOUS_DATABASE_URL": settings.database_url,
+        "SOUS_BROKER_URL": settings.broker_url,
+        "SOUS_RESULT_BACKEND": settings.result_backend,
+        **{key: value for key, value in os.environ.items() if key.startswith("SOUS_")},
+        **overrides,
+    }
+    lines = [
+        "# Written by `make run` (scripts/devstack.py): the settings of the running platform.",
+        "# Load it in another shell with: set -a; . .sous/env; set +a",
+        *(f"{key}={shlex.quote(value)}" for key, value in sorted(chosen.items())),
+    ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def flower_port() -> str:
@@ -245,24 +265,79 @@ def build_children(data_dir: Path, flower: bool) -> list[Child]:
     celery = str(BIN / "celery")
     specs = [
         ("api", [str(BIN / "sous-api")]),
-        ("worker-fast", [celery, "-A", "sous_worker_fast.worker", "worker", "-P", "gevent",
-                         "-c", "100", "-Q", "fast,maintenance", "-n", "fast@%h"]),
-        ("worker-heavy", [celery, "-A", "sous_worker_heavy.worker", "worker", "-P", "prefork",
-                          "-c", "2", "-Q", "heavy", "--prefetch-multiplier", "1",
-                          "-n", "heavy@%h"]),
-        ("scheduler", [celery, "-A", "sous_scheduler.beat", "beat",
-                       "-s", str(data_dir / "celerybeat-schedule")]),
+        (
+            "worker-fast",
+            [
+                celery,
+                "-A",
+                "sous_worker_fast.worker",
+                "worker",
+                "-P",
+                "gevent",
+                "-c",
+                "100",
+                "-Q",
+                "fast,maintenance",
+                "-n",
+                "fast@%h",
+            ],
+        ),
+        (
+            "worker-heavy",
+            [
+                celery,
+                "-A",
+                "sous_worker_heavy.worker",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                "2",
+                "-Q",
+                "heavy",
+                "--prefetch-multiplier",
+                "1",
+                "-n",
+                "heavy@%h",
+            ],
+        ),
+        (
+            "scheduler",
+            [
+                celery,
+                "-A",
+                "sous_scheduler.beat",
+                "beat",
+                "-s",
+                str(data_dir / "celerybeat-schedule"),
+            ],
+        ),
     ]
     if flower:
-        specs.append(("flower", [celery, "-A", "sous_scheduler.beat", "flower",
-                                 "--address=127.0.0.1", f"--port={flower_port()}"]))
+        specs.append(
+            (
+                "flower",
+                [
+                    celery,
+                    "-A",
+                    "sous_scheduler.beat",
+                    "flower",
+                    "--address=127.0.0.1",
+                    f"--port={flower_port()}",
+                ],
+            )
+        )
     return [Child(name, argv, COLORS[i % len(COLORS)]) for i, (name, argv) in enumerate(specs)]
 
 
 def migrate(env: dict[str, str], out: Output) -> None:
     """Run ``sous db upgrade``; exit with its output when it fails."""
     result = subprocess.run(
-        [str(BIN / "sous"), "db", "upgrade"], env=env, cwd=REPO, capture_output=True, text=True,
+        [str(BIN / "sous"), "db", "upgrade"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         stdin=subprocess.DEVNULL,
         # Its own group: a Ctrl-C at the terminal must not cut a migration short.
         process_group=0,
@@ -276,8 +351,13 @@ def migrate(env: dict[str, str], out: Output) -> None:
 
 def start(child: Child, env: dict[str, str], out: Output) -> None:
     child.process = subprocess.Popen(
-        child.argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, process_group=0,
+        child.argv,
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        process_group=0,
     )
     child.reader = threading.Thread(target=_relay, args=(child, out), daemon=True)
     child.reader.start()
@@ -342,12 +422,14 @@ def supervise(children: list[Child], stop: threading.Event, out: Output) -> int:
             assert child.process is not None
             code = child.process.poll()
             if code is not None:
-                out.say(f"{child.name} exited on its own with exit code {code}; "
-                        "stopping the others")
+                out.say(
+                    f"{child.name} exited on its own with exit code {code}; stopping the others"
+                )
                 stop_all(children, out)
                 return 1
-    out.say("stopping (SIGTERM to every process, up to "
-            f"{STOP_TIMEOUT:g}s for running tasks to finish)")
+    out.say(
+        f"stopping (SIGTERM to every process, up to {STOP_TIMEOUT:g}s for running tasks to finish)"
+    )
     stop_all(children, out)
     out.say("stopped")
     return 0
@@ -365,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     overrides = choose_mode(args, settings, out)
     flower = not args.no_flower and not overrides
-    print_banner(out, settings, overrides, flower)
+    settings_file = args.data_dir / "env"
+    write_env_file(settings_file, settings, overrides)
+    print_banner(out, settings, overrides, flower, settings_file)
     # Unbuffered children, so their lines show up as they happen rather than in bursts.
     env = {**os.environ, **overrides, "PYTHONUNBUFFERED": "1"}
     migrate(env, out)

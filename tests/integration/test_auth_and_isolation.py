@@ -23,8 +23,11 @@ pytestmark = pytest.mark.integration
 )
 def test_requests_without_a_valid_key_are_401(api: Api, headers: dict[str, str]) -> None:
     with httpx.Client(base_url=api.url, headers=headers) as anonymous:
-        for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/fetches"),
-                             ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000")):
+        for method, path in (
+            ("GET", "/v1/jobs"),
+            ("POST", "/v1/fetches"),
+            ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000"),
+        ):
             response = anonymous.request(method, path, json={"url": "https://example.com/"})
             assert response.status_code == 401
             assert response.headers["www-authenticate"] == "Bearer"
@@ -42,8 +45,7 @@ def test_revoked_key_is_refused(stack: Stack, api: Api) -> None:
 
 
 def test_a_tenant_sees_only_its_own_jobs(stack: Stack, api: Api, origin: Origin) -> None:
-    with api.client(stack.create_key("alice")) as alice, \
-            api.client(stack.create_key("bob")) as bob:
+    with api.client(stack.create_key("alice")) as alice, api.client(stack.create_key("bob")) as bob:
         job = alice.post("/v1/fetches", json={"url": f"{origin.url}/ok"}).json()
 
         assert alice.get(f"/v1/jobs/{job['id']}").status_code == 200

@@ -61,8 +61,11 @@ def test_broker_outage_answers_503_fast_and_records_the_failure(
     key = stack.create_key(f"outage-{outage}")
     with api.client(key) as client:
         started = time.monotonic()
-        response = client.post("/v1/fetches", json={"url": "https://example.com/"},
-                               headers={"Idempotency-Key": "retry-me"})
+        response = client.post(
+            "/v1/fetches",
+            json={"url": "https://example.com/"},
+            headers={"Idempotency-Key": "retry-me"},
+        )
         elapsed = time.monotonic() - started
 
         assert response.status_code == 503
@@ -75,8 +78,11 @@ def test_broker_outage_answers_503_fast_and_records_the_failure(
         assert jobs[0]["state"] == "failed"
         assert jobs[0]["error"]["code"] == "broker_unavailable"
         # The key was freed: retrying makes a fresh attempt rather than replaying the 503.
-        retry = client.post("/v1/fetches", json={"url": "https://example.com/"},
-                            headers={"Idempotency-Key": "retry-me"})
+        retry = client.post(
+            "/v1/fetches",
+            json={"url": "https://example.com/"},
+            headers={"Idempotency-Key": "retry-me"},
+        )
         assert retry.status_code == 503
         assert len(client.get("/v1/jobs").json()["items"]) == 2
         ready = client.get("/readyz")
@@ -144,3 +150,38 @@ def test_cancelled_queued_job_never_runs(tmp_path: Path, origin: Origin) -> None
             return fast["ready"] == 0 and fast["unacked"] == 0 and fast["consumers"] == 1
 
         wait_until(fast_queue_drained, 30, "the fast queue to drain", interval=1)
+
+
+def test_a_job_whose_worker_keeps_dying_is_dead_lettered_and_failed(
+    tmp_path: Path, origin: Origin
+) -> None:
+    with make_stack(tmp_path, SOUS_MAX_DELIVERIES="2") as own:
+        api = own.start_api()
+        with api.client(own.create_key("poison")) as client:
+            job = client.post("/v1/fetches", json={"url": f"{origin.url}/drip/30"}).json()
+            for attempt in (1, 2):
+                worker = own.start_fast_worker(f"dying-worker-{attempt}")
+                running = wait_for_job(client, job["id"], {"running"})
+                wait_until(
+                    lambda n=attempt: client.get(f"/v1/jobs/{job['id']}").json()["attempts"] == n,
+                    30,
+                    f"delivery {attempt}",
+                )
+                worker.kill()
+            assert running["state"] == "running"
+
+            own.start_fast_worker("survivor")
+            done = wait_for_job(client, job["id"], {"succeeded", "failed"}, timeout=60)
+            assert done["state"] == "failed"
+            assert done["error"]["code"] == "worker_lost"
+            assert "dead-letter" in done["error"]["message"]
+            assert done["attempts"] == 2
+            healthy = client.post("/v1/fetches", json={"url": f"{origin.url}/ok"}).json()
+            assert wait_for_job(client, healthy["id"], {"succeeded"})["attempts"] == 1
+
+        def parked_for_operators() -> bool:
+            stats = json.loads(own.run("sous", "queues", "--json").stdout)
+            queues = {q["name"]: q for q in stats["queues"]}
+            return queues["dead_letter"]["ready"] == 1 and queues["fast"]["ready"] == 0
+
+        wait_until(parked_for_operators, 30, "the dead letter to be parked", interval=1)

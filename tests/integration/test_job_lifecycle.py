@@ -34,8 +34,10 @@ def test_fetch_job_runs_to_succeeded_with_the_fetched_facts(
     assert result["size_bytes"] == len(OK_BODY)
     assert result["content_type"] == "text/plain"
     assert result["elapsed_seconds"] > 0
-    stamps = [datetime.fromisoformat(done[name]) for name in
-              ("created_at", "queued_at", "started_at", "finished_at")]
+    stamps = [
+        datetime.fromisoformat(done[name])
+        for name in ("created_at", "queued_at", "started_at", "finished_at")
+    ]
     assert stamps == sorted(stamps)
 
 
@@ -44,8 +46,10 @@ def test_blocked_private_url_fails_at_once_with_a_clear_error(
 ) -> None:
     # 127.0.0.2 is loopback but outside the allowed 127.0.0.1/32; 10/8 is private.
     port = origin.url.rsplit(":", 1)[1]
-    for url, reason in ((f"http://127.0.0.2:{port}/ok", "loopback"),
-                        ("http://10.255.255.1/ok", "private")):
+    for url, reason in (
+        (f"http://127.0.0.2:{port}/ok", "loopback"),
+        ("http://10.255.255.1/ok", "private"),
+    ):
         job = client.post("/v1/fetches", json={"url": url}).json()
         done = wait_for_job(client, job["id"], {"succeeded", "failed"})
         assert done["state"] == "failed"
@@ -100,8 +104,10 @@ def test_cancel_a_running_job_stops_it(client: httpx.Client, origin: Origin) -> 
 def test_list_is_newest_first_with_cursor_pages_and_filters(
     client: httpx.Client, origin: Origin
 ) -> None:
-    ids = [client.post("/v1/fetches", json={"url": f"{origin.url}/ok?n={n}"}).json()["id"]
-           for n in range(5)]
+    ids = [
+        client.post("/v1/fetches", json={"url": f"{origin.url}/ok?n={n}"}).json()["id"]
+        for n in range(5)
+    ]
     for job_id in ids:
         wait_for_job(client, job_id, {"succeeded"})
 

@@ -31,18 +31,20 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
         (b'{"url": "https://"}', "application/json", 422, "validation_error"),
         (b'{"url": "https://example.com:99999/"}', "application/json", 422, "validation_error"),
         (b'{"url": "https://example.com/a b"}', "application/json", 422, "validation_error"),
-        (b'{"url": "https://example.com/", "extra": 1}', "application/json", 422,
-         "validation_error"),
-        (b"url=https://example.com", "application/x-www-form-urlencoded", 422,
-         "validation_error"),
+        (
+            b'{"url": "https://example.com/", "extra": 1}',
+            "application/json",
+            422,
+            "validation_error",
+        ),
+        (b"url=https://example.com", "application/x-www-form-urlencoded", 422, "validation_error"),
         (b"\xff\xfe\x00garbage", "application/json", 400, "malformed_json"),
     ],
 )
 def test_bad_fetch_bodies_are_refused(
     client: httpx.Client, content: bytes, content_type: str, status: int, code: str
 ) -> None:
-    response = client.post("/v1/fetches", content=content,
-                           headers={"Content-Type": content_type})
+    response = client.post("/v1/fetches", content=content, headers={"Content-Type": content_type})
     assert_error(response, status, code)
 
 
@@ -63,8 +65,9 @@ def test_too_large_bodies_are_413(client: httpx.Client) -> None:
             yield b"a" * 65536
         yield b'"}'
 
-    chunked = client.post("/v1/fetches", content=chunks(),
-                          headers={"Content-Type": "application/json"})
+    chunked = client.post(
+        "/v1/fetches", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert_error(chunked, 413, "payload_too_large")
 
 
@@ -96,8 +99,9 @@ def test_bad_job_requests_are_refused(
 
 
 def test_bad_idempotency_key_is_400(client: httpx.Client) -> None:
-    response = client.post("/v1/fetches", json={"url": "https://example.com/"},
-                           headers={"Idempotency-Key": "k" * 300})
+    response = client.post(
+        "/v1/fetches", json={"url": "https://example.com/"}, headers={"Idempotency-Key": "k" * 300}
+    )
     assert_error(response, 400, "invalid_idempotency_key")
 
 

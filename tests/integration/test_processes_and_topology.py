@@ -33,14 +33,23 @@ def test_scheduler_declares_the_topology_on_a_fresh_broker(tmp_path: Path) -> No
     with make_stack(tmp_path) as own:
         assert all(q["ready"] is None for q in queue_stats(own).values())
 
-        beat = own.start("scheduler", "celery", "-A", "sous_scheduler.beat", "beat",
-                         "-s", str(tmp_path / "beat-schedule"))
+        beat = own.start(
+            "scheduler",
+            "celery",
+            "-A",
+            "sous_scheduler.beat",
+            "beat",
+            "-s",
+            str(tmp_path / "beat-schedule"),
+        )
         beat.wait_for_log(r"beat: Starting", 60)
 
         def declared() -> bool:
             stats = queue_stats(own)
-            return all(stats[name]["ready"] == 0 for name in
-                       ("heavy", "fast", "maintenance", "dead_letter"))
+            return all(
+                stats[name]["ready"] == 0
+                for name in ("heavy", "fast", "maintenance", "dead_letter")
+            )
 
         wait_until(declared, 30, "beat to declare every queue", interval=1)
         assert beat.popen.poll() is None
@@ -48,12 +57,29 @@ def test_scheduler_declares_the_topology_on_a_fresh_broker(tmp_path: Path) -> No
 
 def test_heavy_worker_runs_tasks_in_prefork_children(tmp_path: Path) -> None:
     with make_stack(tmp_path) as own:
-        worker = own.start("worker-heavy", "celery", "-A", "sous_worker_heavy.worker", "worker",
-                           "-P", "prefork", "-c", "2", "-Q", "heavy", "--prefetch-multiplier",
-                           "1", "-n", "heavy@%h", "--without-mingle", "--without-gossip")
+        worker = own.start(
+            "worker-heavy",
+            "celery",
+            "-A",
+            "sous_worker_heavy.worker",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "-Q",
+            "heavy",
+            "--prefetch-multiplier",
+            "1",
+            "-n",
+            "heavy@%h",
+            "--without-mingle",
+            "--without-gossip",
+        )
         worker.wait_for_log(r"ready\.", 60)
-        settings = Settings(broker_url=own.env["SOUS_BROKER_URL"],
-                            result_backend=own.env["SOUS_RESULT_BACKEND"])
+        settings = Settings(
+            broker_url=own.env["SOUS_BROKER_URL"], result_backend=own.env["SOUS_RESULT_BACKEND"]
+        )
         app = create_celery_app("test-client", settings, publisher_confirms=True)
         try:
             results = [app.send_task(HEAVY_PING_TASK) for _ in range(4)]
@@ -71,11 +97,17 @@ def test_queue_depth_counts_ready_and_unacked_messages(tmp_path: Path) -> None:
         api = own.start_api()
         with api.client(own.create_key("depth")) as client:
             for n in range(3):
-                assert client.post("/v1/fetches",
-                                   json={"url": f"https://example.com/{n}"}).status_code == 202
+                assert (
+                    client.post("/v1/fetches", json={"url": f"https://example.com/{n}"}).status_code
+                    == 202
+                )
 
-        wait_until(lambda: queue_stats(own)["fast"]["ready"] == 3, 30,
-                   "three ready messages in the fast queue", interval=1)
+        wait_until(
+            lambda: queue_stats(own)["fast"]["ready"] == 3,
+            30,
+            "three ready messages in the fast queue",
+            interval=1,
+        )
         table = own.run("sous", "queues").stdout
         assert table.splitlines()[0].split() == ["QUEUE", "READY", "UNACKED", "CONSUMERS"]
         assert table.splitlines()[2].split() == ["fast", "3", "0", "0"]

@@ -67,8 +67,12 @@ class Stack:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / args[0]), *args[1:]], env=self.env, capture_output=True, text=True,
-            check=check, timeout=120,
+            [str(BIN / args[0]), *args[1:]],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
         )
 
     def create_key(self, tenant: str) -> str:
@@ -82,11 +86,14 @@ class Stack:
             engine.dispose()
 
     def create_key_with_cli(self, tenant: str) -> str:
-        return self.run("sous", "keys", "create", "--tenant", tenant).stdout.strip().splitlines()[-1]
+        return (
+            self.run("sous", "keys", "create", "--tenant", tenant).stdout.strip().splitlines()[-1]
+        )
 
     def start(self, label: str, *args: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc.start(label, [str(BIN / args[0]), *args[1:]], env or self.env,
-                          self.workdir / f"{label}.log")
+        proc = Proc.start(
+            label, [str(BIN / args[0]), *args[1:]], env or self.env, self.workdir / f"{label}.log"
+        )
         self.processes.append(proc)
         return proc
 
@@ -99,10 +106,23 @@ class Stack:
         return api
 
     def start_fast_worker(self, label: str = "worker-fast", concurrency: int = 20) -> Proc:
-        proc = self.start(label, "celery", "-A", "sous_worker_fast.worker", "worker",
-                          "-P", "gevent", "-c", str(concurrency), "-Q", "fast,maintenance",
-                          "-n", f"{label}-{secrets.token_hex(3)}@%h", "--without-mingle",
-                          "--without-gossip")
+        proc = self.start(
+            label,
+            "celery",
+            "-A",
+            "sous_worker_fast.worker",
+            "worker",
+            "-P",
+            "gevent",
+            "-c",
+            str(concurrency),
+            "-Q",
+            "fast,maintenance",
+            "-n",
+            f"{label}-{secrets.token_hex(3)}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        )
         proc.wait_for_log(r"ready\.", 60)
         return proc
 
@@ -119,8 +139,9 @@ class Proc:
     @classmethod
     def start(cls, label: str, argv: list[str], env: dict[str, str], log_path: Path) -> Proc:
         log = log_path.open("wb")
-        popen = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         return cls(label, popen, log_path)
 
@@ -130,7 +151,9 @@ class Proc:
     def wait_for_log(self, pattern: str, timeout: float) -> None:
         def seen() -> bool:
             if self.popen.poll() is not None:
-                raise AssertionError(f"{self.label} exited ({self.popen.returncode}):\n{self.log()}")
+                raise AssertionError(
+                    f"{self.label} exited ({self.popen.returncode}):\n{self.log()}"
+                )
             return re.search(pattern, self.log()) is not None
 
         wait_until(seen, timeout, f"{pattern!r} in the log of {self.label}")
@@ -223,7 +246,7 @@ class Origin:
         origin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 origin.hits[self.path] += 1
                 if path == "/ok":

@@ -43,7 +43,9 @@ def from_management_api(
     base = f"{parts.scheme}://{parts.hostname}:{parts.port or MANAGEMENT_PORT}{parts.path}"
     password_manager = urllib.request.HTTPPasswordMgrWithDefaultRealm()
     password_manager.add_password(
-        None, base, urllib.parse.unquote(parts.username or ""),
+        None,
+        base,
+        urllib.parse.unquote(parts.username or ""),
         urllib.parse.unquote(parts.password or ""),
     )
     opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(password_manager))

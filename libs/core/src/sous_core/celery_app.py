@@ -100,9 +100,11 @@ def _declare_topology_on_start(app: Celery, settings: Settings) -> None:
         return
 
     def declare(sender: Any = None, **_kwargs: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            with app.connection_for_write() as connection:
-                declare_topology(connection, settings.max_deliveries)
+        # Signals are global: act only for the worker or beat running this app.
+        if getattr(sender, "app", None) is not app:
+            return
+        with sender.app.connection_for_write() as connection:
+            declare_topology(connection, settings.max_deliveries)
 
     worker_init.connect(declare, weak=False)
     beat_init.connect(declare, weak=False)

@@ -50,9 +50,7 @@ def keys() -> None:
 @click.option("--expires-in-days", type=click.IntRange(min=1), help="Expire the key after N days.")
 def keys_create(tenant: str, name: str, expires_in_days: int | None) -> None:
     """Create an API key; the key is printed once, as the last line."""
-    expires_at = (
-        datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
-    )
+    expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     with session_scope() as session:
         tenant_row, created = apikeys.get_or_create_tenant(session, tenant)
         issued = apikeys.create_key(session, tenant_row, name=name, expires_at=expires_at)
@@ -106,11 +104,15 @@ def queues(as_json: bool) -> None:
         return
     click.echo(f"{'QUEUE':<14} {'READY':>8} {'UNACKED':>8} {'CONSUMERS':>10}")
     for s in stats:
-        click.echo(f"{s.name:<14} {_count(s.ready):>8} {_count(s.unacked):>8} "
-                   f"{_count(s.consumers):>10}")
+        click.echo(
+            f"{s.name:<14} {_count(s.ready):>8} {_count(s.unacked):>8} {_count(s.consumers):>10}"
+        )
     if source == "amqp":
-        click.echo("(unacked unknown: the RabbitMQ management API was not reachable; "
-                   "set SOUS_RABBITMQ_MANAGEMENT_URL)", err=True)
+        click.echo(
+            "(unacked unknown: the RabbitMQ management API was not reachable; "
+            "set SOUS_RABBITMQ_MANAGEMENT_URL)",
+            err=True,
+        )
 
 
 def _count(value: int | None) -> str:

@@ -1,4 +1,4 @@
-"""Job errors that workers raise: transient ones are retried, permanent ones fail the job at once."""
+"""Job errors workers raise: transient ones are retried, permanent ones fail the job at once."""
 
 from __future__ import annotations
 

@@ -94,14 +94,20 @@ def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
     try:
         result = work(context)
     except JobCancelled:
-        _finish(job_id, JobState.CANCELLED, error_code="cancelled",
-                error_message="The job was cancelled while it ran.")
+        _finish(
+            job_id,
+            JobState.CANCELLED,
+            error_code="cancelled",
+            error_message="The job was cancelled while it ran.",
+        )
         logger.info("job %s cancelled while running", job_id)
     except PermanentJobError as exc:
         _fail(job_id, exc)
     except (TransientJobError, OperationalError) as exc:
-        error = exc if isinstance(exc, JobError) else TransientJobError(
-            "database_unavailable", "The job database was unreachable."
+        error = (
+            exc
+            if isinstance(exc, JobError)
+            else TransientJobError("database_unavailable", "The job database was unreachable.")
         )
         _retry_or_fail(task, job_id, error)
     except Exception as exc:
@@ -124,21 +130,27 @@ def _start(job_id: uuid.UUID) -> JobContext | None:
             logger.info("job %s is already %s; skipping redelivered message", job_id, job.state)
             return None
         if job.cancel_requested:
-            jobs.transition(session, job_id, JobState.CANCELLED, error_code="cancelled",
-                            error_message="The job was cancelled.")
+            jobs.transition(
+                session,
+                job_id,
+                JobState.CANCELLED,
+                error_code="cancelled",
+                error_message="The job was cancelled.",
+            )
             return None
         redelivered = job.job_state is JobState.RUNNING
         try:
-            job = jobs.transition(session, job_id, JobState.RUNNING, error_code=None,
-                                  error_message=None)
+            job = jobs.transition(
+                session, job_id, JobState.RUNNING, error_code=None, error_message=None
+            )
         except IllegalTransition as exc:
             logger.info("job %s not started: %s", job_id, exc)
             return None
     if redelivered:
-        logger.warning("job %s redelivered (attempt %d): its last worker died", job_id,
-                       job.attempts)
-    return JobContext(job_id=job.id, kind=job.kind, params=dict(job.params),
-                      attempt=job.attempts)
+        logger.warning(
+            "job %s redelivered (attempt %d): its last worker died", job_id, job.attempts
+        )
+    return JobContext(job_id=job.id, kind=job.kind, params=dict(job.params), attempt=job.attempts)
 
 
 def _finish(job_id: uuid.UUID, state: JobState, **values: Any) -> None:
@@ -159,12 +171,19 @@ def _retry_or_fail(task: Task, job_id: uuid.UUID, error: JobError) -> None:
     settings = get_settings()
     retries = task.request.retries
     if retries >= settings.max_retries:
-        _fail(job_id, type(error)(
-            error.code, f"{error.message} (gave up after {retries + 1} attempts)"
-        ))
+        _fail(
+            job_id,
+            type(error)(error.code, f"{error.message} (gave up after {retries + 1} attempts)"),
+        )
         return
     delay = retry_delay(retries, settings.retry_backoff, settings.retry_backoff_max)
     _finish(job_id, JobState.RETRYING, error_code=error.code, error_message=error.message)
-    logger.warning("job %s: %s; retry %d/%d in %ds", job_id, error.message, retries + 1,
-                   settings.max_retries, delay)
+    logger.warning(
+        "job %s: %s; retry %d/%d in %ds",
+        job_id,
+        error.message,
+        retries + 1,
+        settings.max_retries,
+        delay,
+    )
     raise task.retry(countdown=delay, max_retries=settings.max_retries)

@@ -27,9 +27,7 @@ class InvalidCursor(ValueError):
     pass
 
 
-def transition(
-    session: Session, job_id: uuid.UUID, target: JobState, **values: Any
-) -> Job:
+def transition(session: Session, job_id: uuid.UUID, target: JobState, **values: Any) -> Job:
     """Move a job to ``target`` if its current state allows it, atomically.
 
     The check and the write are one conditional ``UPDATE``, so two processes racing

@@ -8,6 +8,8 @@ HEAVY_QUEUE = "heavy"
 FAST_QUEUE = "fast"
 MAINTENANCE_QUEUE = "maintenance"
 DEAD_LETTER_QUEUE = "dead_letter"
+#: A second copy of every dead letter, consumed by workers to mark its job failed.
+DEAD_LETTER_JOBS_QUEUE = "dead_letter.jobs"
 
 WORK_QUEUES = (HEAVY_QUEUE, FAST_QUEUE, MAINTENANCE_QUEUE)
 
@@ -37,9 +39,10 @@ def work_queue(name: str, max_deliveries: int) -> Queue:
     )
 
 
-def dead_letter_queue() -> Queue:
+def dead_letter_queue(name: str = DEAD_LETTER_QUEUE) -> Queue:
+    """``dead_letter`` keeps dead letters for operators; ``dead_letter.jobs`` feeds workers."""
     return Queue(
-        DEAD_LETTER_QUEUE,
+        name,
         DEAD_LETTER_EXCHANGE,
         routing_key="#",
         durable=True,
@@ -60,5 +63,6 @@ def task_queues(max_deliveries: int) -> tuple[Queue, ...]:
 def declare_topology(connection: Connection, max_deliveries: int) -> None:
     """Declare every exchange and queue (idempotent), dead letters included."""
     with connection.channel() as channel:
-        for queue in (*task_queues(max_deliveries), dead_letter_queue()):
+        dead_letters = (dead_letter_queue(), dead_letter_queue(DEAD_LETTER_JOBS_QUEUE))
+        for queue in (*task_queues(max_deliveries), *dead_letters):
             queue.bind(channel).declare()

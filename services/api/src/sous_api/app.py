@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from sous_core.celery_app import create_celery_app
-from sous_core.settings import get_settings
 from sous_api.body_limit import BodySizeLimit
 from sous_api.errors import install_error_handlers
 from sous_api.routes import fetches, health, jobs
+from sous_core.celery_app import create_celery_app
+from sous_core.settings import get_settings
 
 DESCRIPTION = """Sous runs slow work in the background: submit a job, get its id at once
 (`202 Accepted` + `Location`), then follow it at `GET /v1/jobs/{id}`.

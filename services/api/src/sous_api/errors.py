@@ -56,11 +56,15 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def error_response(
-    status_code: int, code: str, message: str, headers: dict[str, str] | None = None,
+    status_code: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
     details: Any = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=status_code,
-                        headers=headers)
+    return JSONResponse(
+        error_body(code, message, details), status_code=status_code, headers=headers
+    )
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -16,12 +16,23 @@ def main(argv: list[str] | None = None) -> None:
         prog="sous-api",
         description="Serve the Sous HTTP API (settings from SOUS_* environment variables).",
     )
-    parser.add_argument("--host", default=settings.api_host, help="listen address "
-                        "(SOUS_API_HOST, default %(default)s)")
-    parser.add_argument("--port", type=int, default=settings.api_port, help="listen port "
-                        "(SOUS_API_PORT, default %(default)s)")
-    parser.add_argument("--workers", type=int, default=settings.api_workers,
-                        help="uvicorn worker processes (SOUS_API_WORKERS, default %(default)s)")
+    parser.add_argument(
+        "--host",
+        default=settings.api_host,
+        help="listen address (SOUS_API_HOST, default %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=settings.api_port,
+        help="listen port (SOUS_API_PORT, default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.api_workers,
+        help="uvicorn worker processes (SOUS_API_WORKERS, default %(default)s)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     uvicorn.run(

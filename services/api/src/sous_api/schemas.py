@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from sous_core.db.models import Job
 from sous_core.states import JobState
 
+
 class JobError(BaseModel):
     code: str
     message: str

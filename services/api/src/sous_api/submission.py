@@ -17,12 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from sous_api.errors import ApiError
 from sous_core import jobs
 from sous_core.apikeys import Principal
 from sous_core.db.models import Job
 from sous_core.enqueue import BrokerUnavailable, publish_job
 from sous_core.states import IllegalTransition, JobState
-from sous_api.errors import ApiError
 
 logger = logging.getLogger("sous.api")
 

@@ -1,4 +1,4 @@
-"""The fast worker's Celery app: ``celery -A sous_worker_fast.worker worker -P gevent -Q fast,maintenance``."""
+"""The fast worker's Celery app (run with ``-P gevent -Q fast,maintenance``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from celery.signals import setup_logging
 from pydantic import ValidationError
 
 from sous_core.celery_app import create_celery_app
+from sous_core.dead_letters import DeadLetterWatcher
 from sous_core.errors import PermanentJobError
 from sous_core.job_runner import JobContext, register_job_task
 from sous_core.logs import configure_logging
@@ -17,6 +18,8 @@ from sous_core.tasks import FETCH_TASK
 from sous_worker_fast.fetching import FetchLimits, fetch_url
 
 app = create_celery_app("sous-worker-fast")
+# Fast workers also fail the jobs whose messages were dead-lettered (any queue's).
+app.steps["consumer"].add(DeadLetterWatcher)
 
 
 @setup_logging.connect
@@ -29,7 +32,9 @@ def run_fetch(context: JobContext) -> dict[str, Any]:
     try:
         params = FetchParams.model_validate(context.params)
     except ValidationError as exc:
-        raise PermanentJobError("invalid_params", f"The job's parameters are invalid: {exc}")
+        raise PermanentJobError(
+            "invalid_params", f"The job's parameters are invalid: {exc}"
+        ) from None
     settings = get_settings()
     outcome = fetch_url(
         params.url,

@@ -1,4 +1,4 @@
-"""The heavy worker's Celery app: ``celery -A sous_worker_heavy.worker worker -P prefork -Q heavy``."""
+"""The heavy worker's Celery app (run with ``-P prefork -Q heavy --prefetch-multiplier 1``)."""
 
 from __future__ import annotations
 

@@ -55,6 +55,14 @@ def get_engine() -> Engine:
     return _engine
 
 
+def dispose_engine() -> None:
+    """Close this process's pool; the next use builds a new engine from the settings."""
+    global _engine, _engine_pid, _sessionmaker
+    if _engine is not None:
+        _engine.dispose()
+    _engine = _engine_pid = _sessionmaker = None
+
+
 def session_factory() -> sessionmaker[Session]:
     get_engine()
     assert _sessionmaker is not None

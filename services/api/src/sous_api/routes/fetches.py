@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response, status
 
-from sous_core.params import FetchParams
-from sous_core.tasks import JobKind
 from sous_api.deps import CeleryDep, PrincipalDep, SessionDep
 from sous_api.routes.jobs import job_accepted
 from sous_api.schemas import JobResource
 from sous_api.submission import submit_job
+from sous_core.params import FetchParams
+from sous_core.tasks import JobKind
 
 router = APIRouter(prefix="/v1/fetches", tags=["fetches"])
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from sous_core.db.engine import get_engine
 from sous_api.deps import CeleryDep
+from sous_core.db.engine import get_engine
 
 router = APIRouter(tags=["health"])
 

@@ -8,13 +8,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from sous_api.deps import CeleryDep, PrincipalDep, SessionDep
+from sous_api.errors import ApiError
+from sous_api.schemas import JobList, JobResource
 from sous_core import jobs
 from sous_core.db.models import Job
 from sous_core.settings import get_settings
 from sous_core.states import JobState
-from sous_api.deps import CeleryDep, PrincipalDep, SessionDep
-from sous_api.errors import ApiError
-from sous_api.schemas import JobList, JobResource
 
 logger = logging.getLogger("sous.api")
 

@@ -1,0 +1,34 @@
+# Sous developer commands. `make run` runs the platform, `make test` passes the tests.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit check fmt services
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: ## Install uv if missing, then every workspace member and the dev tools
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --frozen --all-packages
+
+run: install ## Run the API, both workers, the scheduler and Flower in the foreground
+	@$(UV) run --frozen python scripts/devstack.py
+
+services: ## Start RabbitMQ, Redis and PostgreSQL if they are down (as root)
+	@bash scripts/ensure_services.sh
+
+test: install services ## Run the whole suite against the real services
+	@$(UV) run --frozen pytest
+
+test-unit: install ## Run only the tests that need no services
+	@$(UV) run --frozen pytest libs services tests/test_architecture.py
+
+check: install ## Format check, lint and type check, as in CI
+	@$(UV) run --frozen ruff format --check .
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen mypy libs/core/src services/api/src services/worker-fast/src services/worker-heavy/src services/scheduler/src
+
+fmt: install ## Format the code and apply safe lint fixes
+	@$(UV) run --frozen ruff format .
+	@$(UV) run --frozen ruff check --fix .

@@ -1,0 +1,45 @@
+"""The API app in-process: probes, auth, the error shape, body limits, the 503 path."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+
+def test_healthz_needs_nothing_but_the_process(app_client: TestClient) -> None:
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_names_the_unreachable_broker(app_client: TestClient) -> None:
+    response = app_client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "ok"
+    assert response.json()["checks"]["broker"].startswith("unreachable")
+
+
+def test_missing_key_is_401_in_the_error_shape(app_client: TestClient) -> None:
+    response = app_client.get("/v1/jobs")
+    assert response.status_code == 401
+    assert set(response.json()) == {"error"}
+    assert set(response.json()["error"]) == {"code", "message"}
+
+
+def test_submit_without_a_broker_is_503_and_the_job_is_recorded_failed(
+    app_client: TestClient, api_key: str
+) -> None:
+    auth = {"Authorization": f"Bearer {api_key}"}
+    response = app_client.post("/v1/fetches", json={"url": "https://example.com/"}, headers=auth)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "broker_unavailable"
+    [job] = app_client.get("/v1/jobs", headers=auth).json()["items"]
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "broker_unavailable"
+    assert job["finished_at"] is not None
+
+
+def test_declared_body_over_the_limit_is_413_before_auth(app_client: TestClient) -> None:
+    response = app_client.post(
+        "/v1/fetches", content=b"x" * 5000, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert "4096" in response.json()["error"]["message"]
