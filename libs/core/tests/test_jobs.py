@@ -130,3 +130,17 @@ def test_progress_is_recorded_only_while_running(session: Session) -> None:
     jobs.set_progress(session, job.id, 90)
     session.commit()
     assert jobs.get_job(session, job.id).progress == 40
+
+
+def test_only_from_narrows_the_legal_sources(session: Session) -> None:
+    # The API marks a job queued after publishing; a worker may already run it.
+    job = make_job(session, state="running")
+    with pytest.raises(IllegalTransition):
+        jobs.transition(session, job.id, JobState.QUEUED, only_from={JobState.PENDING})
+    session.rollback()
+    assert jobs.get_job(session, job.id).state == "running"
+    pending = make_job(session)
+    assert (
+        jobs.transition(session, pending.id, JobState.QUEUED, only_from={JobState.PENDING}).state
+        == "queued"
+    )

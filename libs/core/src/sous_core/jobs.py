@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,12 +28,20 @@ class InvalidCursor(ValueError):
     pass
 
 
-def transition(session: Session, job_id: uuid.UUID, target: JobState, **values: Any) -> Job:
+def transition(
+    session: Session,
+    job_id: uuid.UUID,
+    target: JobState,
+    *,
+    only_from: Collection[JobState] | None = None,
+    **values: Any,
+) -> Job:
     """Move a job to ``target`` if its current state allows it, atomically.
 
     The check and the write are one conditional ``UPDATE``, so two processes racing
     (the API marking a job queued while a worker starts it) cannot both win an illegal
-    move. Timestamps and the attempt counter follow from the target state.
+    move. ``only_from`` narrows the legal sources further for one caller. Timestamps and
+    the attempt counter follow from the target state.
     """
     now = utcnow()
     values = {"state": target.value, "updated_at": now, **values}
@@ -45,7 +54,10 @@ def transition(session: Session, job_id: uuid.UUID, target: JobState, **values: 
         values.setdefault("finished_at", now)
         if target is JobState.SUCCEEDED:
             values.setdefault("progress", 100)
-    allowed = [state.value for state in sources_of(target)]
+    sources = sources_of(target)
+    if only_from is not None:
+        sources &= frozenset(only_from)
+    allowed = [state.value for state in sources]
     statement = (
         update(Job)
         .where(Job.id == job_id, Job.state.in_(allowed))

@@ -121,7 +121,7 @@ def submit_job(
         ) from exc
 
     try:
-        job = jobs.transition(session, job.id, JobState.QUEUED)
+        job = jobs.transition(session, job.id, JobState.QUEUED, only_from={JobState.PENDING})
         session.commit()
     except IllegalTransition:
         # A worker already picked the job up; report the state it has now.
