@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shlex
 import signal
@@ -39,6 +41,9 @@ BIN = Path(sys.executable).parent
 #: Seconds children get to finish after SIGTERM (Celery's warm shutdown) before SIGKILL.
 STOP_TIMEOUT = 15.0
 PROBE_TIMEOUT = 2
+#: Linux prctl option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 NAME_WIDTH = 12
 COLORS = ("36", "33", "35", "32", "34", "31")
 
@@ -61,14 +66,22 @@ class Output:
         self.stream = stream
         self.colored = stream.isatty()
         self.lock = threading.Lock()
+        self.closed = False
 
     def line(self, name: str, text: str, color: str = "1") -> None:
         prefix = f"{name:<{NAME_WIDTH}} |"
         if self.colored:
             prefix = f"\033[{color}m{prefix}\033[0m"
         with self.lock:
-            self.stream.write(f"{prefix} {text}\n")
-            self.stream.flush()
+            if self.closed:
+                return
+            try:
+                self.stream.write(f"{prefix} {text}\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                # The reader went away (`make run | head`, a closed terminal): keep
+                # supervising, so the children are still stopped cleanly.
+                self.closed = True
 
     def say(self, text: str) -> None:
         self.line("devstack", text)
@@ -349,6 +362,15 @@ def migrate(env: dict[str, str], out: Output) -> None:
         sys.exit(1)
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if devstack itself dies, so nothing is left orphaned.
+
+    Runs between fork and exec while reader threads exist, so it only calls into the
+    C library loaded beforehand (no imports, no locks).
+    """
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start(child: Child, env: dict[str, str], out: Output) -> None:
     child.process = subprocess.Popen(
         child.argv,
@@ -358,6 +380,7 @@ def start(child: Child, env: dict[str, str], out: Output) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         process_group=0,
+        preexec_fn=_die_with_parent,
     )
     child.reader = threading.Thread(target=_relay, args=(child, out), daemon=True)
     child.reader.start()
