@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,26 @@ def test_a_job_whose_worker_keeps_dying_is_dead_lettered_and_failed(
             return queues["dead_letter"]["ready"] == 1 and queues["fast"]["ready"] == 0
 
         wait_until(parked_for_operators, 30, "the dead letter to be parked", interval=1)
+
+
+def test_many_concurrent_requests_on_a_small_pool_do_not_deadlock(
+    tmp_path: Path, origin: Origin
+) -> None:
+    # More requests than request threads than connections: each finished request's
+    # session must be closed without waiting for a request thread.
+    with make_stack(tmp_path, SOUS_DATABASE_POOL_SIZE="2") as own:
+        api = own.start_api()
+        key = own.create_key("crowd")
+        with api.client(key) as client:
+            job_id = client.post("/v1/fetches", json={"url": f"{origin.url}/ok"}).json()["id"]
+
+        def hit(n: int) -> int:
+            with api.client(key) as c:
+                if n % 3 == 0:
+                    return c.post("/v1/fetches", json={"url": f"{origin.url}/ok?{n}"}).status_code
+                path = f"/v1/jobs/{job_id}" if n % 3 == 1 else "/v1/jobs?limit=5"
+                return c.get(path).status_code
+
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            statuses = list(pool.map(hit, range(200)))
+        assert sorted(set(statuses)) == [200, 202]

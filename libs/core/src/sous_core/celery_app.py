@@ -56,7 +56,9 @@ def create_celery_app(
             "interval_max": 0.5,
         },
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # A task-sent event is one more confirmed publish per job, made under a lock that
+        # every API request thread shares; the API counts what it sends itself.
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         enable_utc=True,
         timezone="UTC",

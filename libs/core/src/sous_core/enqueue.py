@@ -29,6 +29,9 @@ def publish_job(app: Celery, job: Job) -> None:
             TASK_FOR_KIND[job.kind],
             kwargs=JobPayload(job_id=job.id).as_kwargs(),
             task_id=str(job.id),
+            # Outcomes live in the job row; a stored result would make the Redis backend
+            # subscribe to a channel per published task.
+            ignore_result=True,
             retry=True,
             retry_policy={
                 "max_retries": 1,

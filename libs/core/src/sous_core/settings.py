@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     result_backend: str = "redis://127.0.0.1:6379/0"
     #: SQLAlchemy URL of the job database (``sqlite:///…`` in the embedded mode).
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/sous"
-    #: Connections each process keeps open to the database.
-    database_pool_size: int = Field(default=10, ge=1, le=200)
+    #: Database connections each process may open; also the API's request threads.
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     #: Folder the ``filesystem://`` broker keeps its messages in; every process must share it.
     embedded_dir: Path = Path(".sous/broker")
     #: Where job outputs and uploads are stored.

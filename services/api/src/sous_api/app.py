@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from sous_api.body_limit import BodySizeLimit
@@ -22,6 +23,8 @@ Authenticate with `Authorization: Bearer <API key>` (`sous keys create --tenant 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = create_celery_app("sous-api", publisher_confirms=True)
+    # One request thread per database connection: more threads would only queue on the pool.
+    to_thread.current_default_thread_limiter().total_tokens = get_settings().database_pool_size
     yield
     app.state.celery.pool.force_close_all()
 

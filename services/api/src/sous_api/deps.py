@@ -1,13 +1,21 @@
-"""FastAPI dependencies: a database session, the calling tenant, the Celery app."""
+"""FastAPI dependencies and the one way routes touch the database.
+
+Routes are ``async`` and run each piece of database work in a worker thread with its
+own session, closed before the thread is given back. A session that outlived its
+thread (a ``yield`` dependency closed after the response) would hold a pooled
+connection while its request waits for another thread, and with every thread waiting
+for a connection the API would deadlock.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from sous_api.errors import ApiError
 from sous_core import apikeys
@@ -16,16 +24,27 @@ from sous_core.db.engine import session_factory
 
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
-
-def get_session() -> Iterator[Session]:
-    with session_factory()() as session:
-        yield session
+T = TypeVar("T")
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+async def run_db(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """``fn(session, *args, **kwargs)`` in a worker thread, with a session of its own.
+
+    ``fn`` commits what it writes; whatever it leaves open is rolled back.
+    """
+
+    def call() -> T:
+        with session_factory()() as session:
+            return fn(session, *args, **kwargs)
+
+    return await run_in_threadpool(call)
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal:
+def _authenticate(session: Session, token: str) -> Principal | None:
+    return apikeys.authenticate(session, token)
+
+
+async def get_principal(request: Request) -> Principal:
     header = request.headers.get("authorization")
     if not header:
         raise ApiError(
@@ -42,9 +61,7 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
             "The Authorization header must be 'Bearer <API key>'.",
             headers=BEARER_CHALLENGE,
         )
-    principal = apikeys.authenticate(session, token.strip())
-    # End the read-only transaction so the route starts its own.
-    session.rollback()
+    principal = await run_db(_authenticate, token.strip())
     if principal is None:
         raise ApiError(
             401,

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sous_api.errors import ApiError
+from sous_api.schemas import JobResource
 from sous_core import jobs
 from sous_core.apikeys import Principal
 from sous_core.db.models import Job
@@ -72,14 +73,14 @@ def submit_job(
     kind: str,
     params: dict[str, Any],
     idempotency_key: str | None = None,
-) -> tuple[Job, bool]:
+) -> tuple[JobResource, bool]:
     """Create and enqueue a job; returns ``(job, replayed)``."""
     key = check_idempotency_key(idempotency_key)
     fingerprint = request_fingerprint(kind, params)
     if key is not None:
         existing = _find_by_key(session, principal, key)
         if existing is not None:
-            return _replay(existing, fingerprint), True
+            return JobResource.from_job(_replay(existing, fingerprint)), True
     job = Job(
         tenant_id=principal.tenant_id,
         kind=kind,
@@ -97,7 +98,7 @@ def submit_job(
         existing = _find_by_key(session, principal, key) if key else None
         if existing is None:
             raise
-        return _replay(existing, fingerprint), True
+        return JobResource.from_job(_replay(existing, fingerprint)), True
 
     try:
         publish_job(celery, job)
@@ -127,4 +128,4 @@ def submit_job(
         # A worker already picked the job up; report the state it has now.
         session.rollback()
         job = jobs.get_job(session, job.id)
-    return job, False
+    return JobResource.from_job(job), False

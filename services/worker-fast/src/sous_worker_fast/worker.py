@@ -15,8 +15,10 @@ from sous_core.logs import configure_logging
 from sous_core.params import FetchParams
 from sous_core.settings import get_settings
 from sous_core.tasks import FETCH_TASK
+from sous_worker_fast import green_loop
 from sous_worker_fast.fetching import FetchLimits, fetch_url
 
+green_loop.install()
 app = create_celery_app("sous-worker-fast")
 # Fast workers also fail the jobs whose messages were dead-lettered (any queue's).
 app.steps["consumer"].add(DeadLetterWatcher)

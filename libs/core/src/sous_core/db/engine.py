@@ -26,7 +26,8 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     return create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        # No overflow: connections beyond the pool would be opened and closed per use.
+        max_overflow=0,
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5},

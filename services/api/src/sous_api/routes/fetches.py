@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response, status
 
-from sous_api.deps import CeleryDep, PrincipalDep, SessionDep
+from sous_api.deps import CeleryDep, PrincipalDep, run_db
 from sous_api.routes.jobs import job_accepted
 from sous_api.schemas import JobResource
 from sous_api.submission import submit_job
@@ -17,17 +17,16 @@ router = APIRouter(prefix="/v1/fetches", tags=["fetches"])
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobResource)
-def submit_fetch(
+async def submit_fetch(
     body: FetchParams,
     request: Request,
     response: Response,
-    session: SessionDep,
     principal: PrincipalDep,
     celery: CeleryDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JobResource:
     """Queue a fetch of ``url``; follow the job at the ``Location`` it returns."""
-    job, replayed = submit_job(
-        session, celery, principal, JobKind.FETCH, body.model_dump(), idempotency_key
+    job, replayed = await run_db(
+        submit_job, celery, principal, JobKind.FETCH, body.model_dump(), idempotency_key
     )
     return job_accepted(request, response, job, replayed)
