@@ -33,6 +33,7 @@ from kombu.utils.url import maybe_sanitize_url
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+import process_commands
 from sous_core.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -275,72 +276,18 @@ def flower_port() -> str:
 
 
 def build_children(data_dir: Path, flower: bool) -> list[Child]:
-    celery = str(BIN / "celery")
     specs = [
-        ("api", [str(BIN / "sous-api")]),
-        (
-            "worker-fast",
-            [
-                celery,
-                "-A",
-                "sous_worker_fast.worker",
-                "worker",
-                "-P",
-                "gevent",
-                "-c",
-                "100",
-                "-Q",
-                "fast,maintenance",
-                "-n",
-                "fast@%h",
-            ],
-        ),
-        (
-            "worker-heavy",
-            [
-                celery,
-                "-A",
-                "sous_worker_heavy.worker",
-                "worker",
-                "-P",
-                "prefork",
-                "-c",
-                "2",
-                "-Q",
-                "heavy",
-                "--prefetch-multiplier",
-                "1",
-                "-n",
-                "heavy@%h",
-            ],
-        ),
-        (
-            "scheduler",
-            [
-                celery,
-                "-A",
-                "sous_scheduler.beat",
-                "beat",
-                "-s",
-                str(data_dir / "celerybeat-schedule"),
-            ],
-        ),
+        ("api", process_commands.api()),
+        ("worker-fast", process_commands.worker_fast()),
+        ("worker-heavy", process_commands.worker_heavy()),
+        ("scheduler", process_commands.scheduler(str(data_dir / "celerybeat-schedule"))),
     ]
     if flower:
-        specs.append(
-            (
-                "flower",
-                [
-                    celery,
-                    "-A",
-                    "sous_scheduler.beat",
-                    "flower",
-                    "--address=127.0.0.1",
-                    f"--port={flower_port()}",
-                ],
-            )
-        )
-    return [Child(name, argv, COLORS[i % len(COLORS)]) for i, (name, argv) in enumerate(specs)]
+        specs.append(("flower", process_commands.flower(flower_port())))
+    return [
+        Child(name, [str(BIN / argv[0]), *argv[1:]], COLORS[i % len(COLORS)])
+        for i, (name, argv) in enumerate(specs)
+    ]
 
 
 def migrate(env: dict[str, str], out: Output) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -145,9 +144,7 @@ def test_cancelled_queued_job_never_runs(tmp_path: Path, origin: Origin) -> None
 
         def fast_queue_drained() -> bool:
             # The management API refreshes its numbers every few seconds.
-            stats = json.loads(own.run("sous", "queues", "--json").stdout)
-            assert stats["source"] == "management"
-            fast = next(q for q in stats["queues"] if q["name"] == "fast")
+            fast = own.queue_stats()["fast"]
             return fast["ready"] == 0 and fast["unacked"] == 0 and fast["consumers"] == 1
 
         wait_until(fast_queue_drained, 30, "the fast queue to drain", interval=1)
@@ -181,8 +178,7 @@ def test_a_job_whose_worker_keeps_dying_is_dead_lettered_and_failed(
             assert wait_for_job(client, healthy["id"], {"succeeded"})["attempts"] == 1
 
         def parked_for_operators() -> bool:
-            stats = json.loads(own.run("sous", "queues", "--json").stdout)
-            queues = {q["name"]: q for q in stats["queues"]}
+            queues = own.queue_stats()
             return queues["dead_letter"]["ready"] == 1 and queues["fast"]["ready"] == 0
 
         wait_until(parked_for_operators, 30, "the dead letter to be parked", interval=1)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 from kombu import Connection, Consumer, Producer
 
+import process_commands
 from sous_core.celery_app import create_celery_app
 from sous_core.queues import (
     DEAD_LETTER_QUEUE,
@@ -19,33 +19,20 @@ from sous_core.queues import (
 )
 from sous_core.settings import Settings
 from sous_core.tasks import HEAVY_PING_TASK
-from support.stack import Stack, make_stack, wait_until
+from support.stack import make_stack, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def queue_stats(stack: Stack) -> dict[str, dict]:
-    stats = json.loads(stack.run("sous", "queues", "--json").stdout)
-    return {queue["name"]: queue for queue in stats["queues"]}
-
-
 def test_scheduler_declares_the_topology_on_a_fresh_broker(tmp_path: Path) -> None:
     with make_stack(tmp_path) as own:
-        assert all(q["ready"] is None for q in queue_stats(own).values())
+        assert all(q["ready"] is None for q in own.queue_stats().values())
 
-        beat = own.start(
-            "scheduler",
-            "celery",
-            "-A",
-            "sous_scheduler.beat",
-            "beat",
-            "-s",
-            str(tmp_path / "beat-schedule"),
-        )
+        beat = own.start("scheduler", *process_commands.scheduler(str(tmp_path / "schedule")))
         beat.wait_for_log(r"beat: Starting", 60)
 
         def declared() -> bool:
-            stats = queue_stats(own)
+            stats = own.queue_stats()
             return all(
                 stats[name]["ready"] == 0
                 for name in ("heavy", "fast", "maintenance", "dead_letter")
@@ -58,23 +45,7 @@ def test_scheduler_declares_the_topology_on_a_fresh_broker(tmp_path: Path) -> No
 def test_heavy_worker_runs_tasks_in_prefork_children(tmp_path: Path) -> None:
     with make_stack(tmp_path) as own:
         worker = own.start(
-            "worker-heavy",
-            "celery",
-            "-A",
-            "sous_worker_heavy.worker",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-Q",
-            "heavy",
-            "--prefetch-multiplier",
-            "1",
-            "-n",
-            "heavy@%h",
-            "--without-mingle",
-            "--without-gossip",
+            "worker-heavy", *process_commands.worker_heavy(), "--without-mingle", "--without-gossip"
         )
         worker.wait_for_log(r"ready\.", 60)
         settings = Settings(
@@ -103,7 +74,7 @@ def test_queue_depth_counts_ready_and_unacked_messages(tmp_path: Path) -> None:
                 )
 
         wait_until(
-            lambda: queue_stats(own)["fast"]["ready"] == 3,
+            lambda: own.queue_stats()["fast"]["ready"] == 3,
             30,
             "three ready messages in the fast queue",
             interval=1,

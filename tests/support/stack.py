@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import json
 import os
 import re
 import secrets
@@ -26,6 +27,7 @@ import psycopg
 import redis
 from sqlalchemy.orm import Session
 
+import process_commands
 from sous_core import apikeys
 from sous_core.db.engine import make_engine
 
@@ -106,25 +108,16 @@ class Stack:
         return api
 
     def start_fast_worker(self, label: str = "worker-fast", concurrency: int = 20) -> Proc:
-        proc = self.start(
-            label,
-            "celery",
-            "-A",
-            "sous_worker_fast.worker",
-            "worker",
-            "-P",
-            "gevent",
-            "-c",
-            str(concurrency),
-            "-Q",
-            "fast,maintenance",
-            "-n",
-            f"{label}-{secrets.token_hex(3)}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        )
+        argv = process_commands.worker_fast(concurrency, f"{label}-{secrets.token_hex(3)}@%h")
+        proc = self.start(label, *argv, "--without-mingle", "--without-gossip")
         proc.wait_for_log(r"ready\.", 60)
         return proc
+
+    def queue_stats(self) -> dict[str, dict[str, Any]]:
+        """``sous queues --json`` by queue name (asserting it read the management API)."""
+        stats = json.loads(self.run("sous", "queues", "--json").stdout)
+        assert stats["source"] == "management"
+        return {queue["name"]: queue for queue in stats["queues"]}
 
     def database_url(self) -> str:
         return self.env["SOUS_DATABASE_URL"]

@@ -1,0 +1,43 @@
+"""The command line of each Sous process: what `make run` starts and the tests run.
+
+Pool type, concurrency and queues belong on the command line, not in shared config.
+"""
+
+from __future__ import annotations
+
+
+def api() -> list[str]:
+    return ["sous-api"]
+
+
+def worker_fast(concurrency: int = 100, name: str = "fast@%h") -> list[str]:
+    """I/O-bound jobs: one process, many greenlets; also serves the maintenance queue."""
+    return [
+        "celery", "-A", "sous_worker_fast.worker", "worker",
+        "-P", "gevent", "-c", str(concurrency), "-Q", "fast,maintenance", "-n", name,
+    ]  # fmt: skip
+
+
+def worker_heavy(concurrency: int = 2, name: str = "heavy@%h") -> list[str]:
+    """CPU-bound jobs: one process per core, each taking one task at a time."""
+    return [
+        "celery", "-A", "sous_worker_heavy.worker", "worker",
+        "-P", "prefork", "-c", str(concurrency), "-Q", "heavy", "--prefetch-multiplier", "1",
+        "-n", name,
+    ]  # fmt: skip
+
+
+def scheduler(schedule_file: str) -> list[str]:
+    """Celery beat; exactly one may run."""
+    return ["celery", "-A", "sous_scheduler.beat", "beat", "-s", schedule_file]
+
+
+def flower(port: str) -> list[str]:
+    return [
+        "celery",
+        "-A",
+        "sous_scheduler.beat",
+        "flower",
+        "--address=127.0.0.1",
+        f"--port={port}",
+    ]
