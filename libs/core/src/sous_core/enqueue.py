@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from kombu import Connection
 
 from sous_core.db.models import Job
 from sous_core.settings import get_settings
@@ -17,11 +18,13 @@ class BrokerUnavailable(RuntimeError):
     """The broker did not take (and confirm) the message in time."""
 
 
-def publish_job(app: Celery, job: Job) -> None:
+def publish_job(app: Celery, job: Job, connection: Connection | None = None) -> None:
     """Send the task for ``job`` carrying only its id; the task id is the job id.
 
     Returns once RabbitMQ has confirmed the message (publisher confirms), so the job
     survives a broker restart from here on. Raises ``BrokerUnavailable`` otherwise.
+    ``connection`` must have publisher confirms on when the app's connections do not
+    (workers); the API's and the scheduler's apps confirm every publish.
     """
     timeout = get_settings().broker_publish_timeout
     try:
@@ -29,6 +32,7 @@ def publish_job(app: Celery, job: Job) -> None:
             TASK_FOR_KIND[job.kind],
             kwargs=JobPayload(job_id=job.id).as_kwargs(),
             task_id=str(job.id),
+            connection=connection,
             # Outcomes live in the job row; a stored result would make the Redis backend
             # subscribe to a channel per published task.
             ignore_result=True,

@@ -7,7 +7,7 @@ import binascii
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -179,3 +179,20 @@ def set_progress(session: Session, job_id: uuid.UUID, percent: int) -> None:
         .values(progress=percent, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+
+
+def stale_pending_jobs(session: Session, older_than: float, limit: int = 500) -> list[Job]:
+    """Jobs still ``pending`` ``older_than`` seconds after creation, oldest first.
+
+    Rows are locked and other sweepers skip them (PostgreSQL), so two sweeps never
+    publish the same job twice.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    statement = (
+        select(Job)
+        .where(Job.state == JobState.PENDING.value, Job.created_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.execute(statement).scalars())

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     #: Redirects a fetch follows, each hop re-checked against the address rules.
     fetch_max_redirects: int = Field(default=5, ge=0, le=30)
+    #: Seconds a job may stay ``pending`` (row written, message never confirmed) before the
+    #: scheduler's sweep publishes it again, e.g. after the API died mid-submit.
+    pending_requeue_after: float = Field(default=120.0, gt=0)
+    #: Seconds between two sweeps for such jobs.
+    pending_sweep_interval: float = Field(default=60.0, gt=0)
     #: Log level of every Sous process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Optional RabbitMQ management API base URL, for ``sous queues`` unacked counts.

@@ -8,8 +8,11 @@ from celery.signals import setup_logging
 
 from sous_core.celery_app import create_celery_app
 from sous_core.logs import configure_logging
+from sous_core.settings import get_settings
+from sous_scheduler.schedule import maintenance_schedule
 
 app = create_celery_app("sous-scheduler", publisher_confirms=True)
+app.conf.beat_schedule = maintenance_schedule(get_settings())
 
 
 @setup_logging.connect

@@ -14,8 +14,8 @@ from sous_core.job_runner import JobContext, register_job_task
 from sous_core.logs import configure_logging
 from sous_core.params import FetchParams
 from sous_core.settings import get_settings
-from sous_core.tasks import FETCH_TASK
-from sous_worker_fast import green_loop
+from sous_core.tasks import FETCH_TASK, REQUEUE_STALE_PENDING_TASK
+from sous_worker_fast import green_loop, maintenance
 from sous_worker_fast.fetching import FetchLimits, fetch_url
 
 green_loop.install()
@@ -52,3 +52,9 @@ def run_fetch(context: JobContext) -> dict[str, Any]:
 
 
 fetch_task = register_job_task(app, FETCH_TASK, run_fetch)
+
+
+@app.task(name=REQUEUE_STALE_PENDING_TASK)
+def requeue_stale_pending_task() -> int:
+    """Publish jobs stuck in ``pending``; run every few minutes by the scheduler."""
+    return maintenance.requeue_stale_pending(app)
