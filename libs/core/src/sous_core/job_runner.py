@@ -40,7 +40,8 @@ class JobContext:
     kind: str
     params: dict[str, Any]
     attempt: int
-    _last_cancel_check: float = field(default=0.0, repr=False)
+    # The job was just read when it started: the first look is due a second from now.
+    _last_cancel_check: float = field(default_factory=time.monotonic, repr=False)
     _cancelled: bool = field(default=False, repr=False)
 
     def should_stop(self) -> bool:
