@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sous_core.netguard import parse_networks
@@ -59,6 +59,37 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     #: Redirects a fetch follows, each hop re-checked against the address rules.
     fetch_max_redirects: int = Field(default=5, ge=0, le=30)
+    #: Seconds one fetch may take in all (every hop, body included) before it times out.
+    fetch_total_timeout: float = Field(default=60.0, gt=0, le=3600)
+    #: Fetches one worker process runs at once against the same host name.
+    fetch_per_host_concurrency: int = Field(default=8, ge=1, le=1000)
+    #: Most URLs one batch fetch (``{"urls": [...]}``) may carry.
+    fetch_max_batch: int = Field(default=1000, ge=1, le=10000)
+    #: SMTP server that sends email jobs.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    #: SMTP login; empty for a server that needs none.
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    #: Upgrade the SMTP connection with STARTTLS (the server's certificate is verified).
+    smtp_starttls: bool = False
+    #: Seconds each SMTP command may take.
+    smtp_timeout: float = Field(default=30.0, gt=0, le=600)
+    #: Sender of every email (``Name <address>`` or an address).
+    mail_from: str = "Sous <sous@localhost>"
+    #: Most recipients (to + cc + bcc) of one email.
+    mail_max_recipients: int = Field(default=50, ge=1, le=1000)
+    #: Largest email body (text + html, UTF-8 bytes); larger ones get a 413.
+    mail_max_body_bytes: int = Field(default=512 * 1024, ge=1024)
+    #: Attempts to deliver a webhook before it is recorded as failed.
+    webhook_max_attempts: int = Field(default=6, ge=1, le=50)
+    #: First webhook retry delay in seconds; doubles each attempt, with jitter, up to the max.
+    webhook_backoff: float = Field(default=5.0, ge=0)
+    webhook_backoff_max: float = Field(default=600.0, ge=0)
+    #: Seconds one webhook POST may take.
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)
+    #: Seconds between two looks for webhooks due (each fast worker process).
+    webhook_poll_interval: float = Field(default=0.5, gt=0, le=60)
     #: Seconds a job may stay ``pending`` (row written, message never confirmed) before the
     #: scheduler's sweep publishes it again, e.g. after the API died mid-submit.
     pending_requeue_after: float = Field(default=120.0, gt=0)
