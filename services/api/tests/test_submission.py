@@ -9,10 +9,11 @@ from sous_api.submission import check_idempotency_key, request_fingerprint
 
 
 def test_fingerprint_ignores_key_order_but_not_values() -> None:
-    a = request_fingerprint("fetch", {"url": "https://a/", "x": 1})
-    assert a == request_fingerprint("fetch", {"x": 1, "url": "https://a/"})
-    assert a != request_fingerprint("fetch", {"url": "https://b/", "x": 1})
-    assert a != request_fingerprint("email", {"url": "https://a/", "x": 1})
+    a = request_fingerprint("fetch", {"url": "https://a/", "x": 1}, None)
+    assert a == request_fingerprint("fetch", {"x": 1, "url": "https://a/"}, None)
+    assert a != request_fingerprint("fetch", {"url": "https://b/", "x": 1}, None)
+    assert a != request_fingerprint("email", {"url": "https://a/", "x": 1}, None)
+    assert a != request_fingerprint("fetch", {"url": "https://a/", "x": 1}, "https://hook/")
 
 
 @pytest.mark.parametrize("key", ["", "k" * 256, "tab\there", "nul\x00"])

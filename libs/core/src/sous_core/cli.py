@@ -1,4 +1,4 @@
-"""``sous``: the operator command line (tenants and keys, migrations, queues)."""
+"""``sous``: the operator command line (tenants, keys, webhook secrets, migrations, queues)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import click
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from sous_core import apikeys
 from sous_core.brokerstats import queue_stats
 from sous_core.db import migrate
 from sous_core.db.engine import session_scope
+from sous_core.db.models import Tenant, new_webhook_secret
 from sous_core.settings import get_settings
 
 
@@ -91,6 +94,43 @@ def keys_list(tenant: str | None) -> None:
             status = "active"
         created = key.created_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(f"{key.prefix:<14} {tenant_name:<20} {key.name:<16} {created:<20} {status}")
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants: who owns keys and jobs."""
+
+
+@tenants.group("webhook-secret")
+def webhook_secret() -> None:
+    """The key a tenant's webhooks are signed with (HMAC-SHA256, header Sous-Signature)."""
+
+
+def _tenant(session: Session, name: str) -> Tenant:
+    tenant = session.execute(select(Tenant).where(Tenant.name == name)).scalar_one_or_none()
+    if tenant is None:
+        raise click.ClickException(f"no tenant named {name!r}")
+    return tenant
+
+
+@webhook_secret.command("show")
+@click.option("--tenant", required=True, help="Tenant name.")
+def webhook_secret_show(tenant: str) -> None:
+    """Print the tenant's webhook signing secret (give it to the receiving service)."""
+    with session_scope() as session:
+        click.echo(_tenant(session, tenant).webhook_secret)
+
+
+@webhook_secret.command("rotate")
+@click.option("--tenant", required=True, help="Tenant name.")
+def webhook_secret_rotate(tenant: str) -> None:
+    """Replace the tenant's webhook secret; prints the new one. Deliveries from now on use it."""
+    with session_scope() as session:
+        row = _tenant(session, tenant)
+        row.webhook_secret = new_webhook_secret()
+        secret = row.webhook_secret
+    click.echo("webhook secret rotated; receivers must use the new one:", err=True)
+    click.echo(secret)
 
 
 @main.command("queues")

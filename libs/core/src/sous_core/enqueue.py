@@ -14,6 +14,14 @@ from sous_core.tasks import TASK_FOR_KIND, JobPayload
 logger = logging.getLogger("sous.enqueue")
 
 
+def confirmed_connection(app: Celery) -> Connection:
+    """A connection whose publishes wait for RabbitMQ's confirm, for apps without confirms.
+
+    Workers publish follow-up jobs (a batch's children, a sweep's requeues) over one.
+    """
+    return app.connection_for_write(transport_options={"confirm_publish": True})
+
+
 class BrokerUnavailable(RuntimeError):
     """The broker did not take (and confirm) the message in time."""
 

@@ -13,10 +13,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery, Task
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
 
 from sous_core import jobs
@@ -27,6 +27,8 @@ from sous_core.states import IllegalTransition, JobState
 from sous_core.tasks import JobPayload
 
 logger = logging.getLogger("sous.jobs")
+
+_Params = TypeVar("_Params", bound=BaseModel)
 
 #: Seconds between two looks at the database for a cancel request.
 CANCEL_CHECK_INTERVAL = 1.0
@@ -40,9 +42,20 @@ class JobContext:
     kind: str
     params: dict[str, Any]
     attempt: int
+    #: What an earlier attempt recorded with :meth:`checkpoint` (``None`` on a first run).
+    result: dict[str, Any] | None = None
     # The job was just read when it started: the first look is due a second from now.
     _last_cancel_check: float = field(default_factory=time.monotonic, repr=False)
     _cancelled: bool = field(default=False, repr=False)
+
+    def params_as(self, model: type[_Params]) -> _Params:
+        """The job's parameters as ``model``; invalid ones fail the job for good."""
+        try:
+            return model.model_validate(self.params)
+        except ValidationError as exc:
+            raise PermanentJobError(
+                "invalid_params", f"The job's parameters are invalid: {exc}"
+            ) from None
 
     def should_stop(self) -> bool:
         """True once the job has been cancelled; cheap to call often (checks ~once a second)."""
@@ -52,6 +65,30 @@ class JobContext:
             with session_scope() as session:
                 self._cancelled = jobs.is_cancel_requested(session, self.job_id)
         return self._cancelled
+
+    def checkpoint(self, result: dict[str, Any], *, attempts: int = 3) -> None:
+        """Record a side effect that must not be repeated, before the task acknowledges.
+
+        A redelivered or retried job sees it in :attr:`result`. Tries a few times, since
+        losing the record would let a redelivery repeat the effect; if the database stays
+        unreachable, the job fails rather than risk doing it twice.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with session_scope() as session:
+                    jobs.record_result(session, self.job_id, result)
+                self.result = result
+                return
+            except OperationalError as exc:
+                logger.warning(
+                    "job %s: recording a checkpoint failed (%d): %s", self.job_id, attempt, exc
+                )
+                time.sleep(0.5 * attempt)
+        raise PermanentJobError(
+            "checkpoint_failed",
+            "The work was done but the database was unreachable to record it; "
+            "it was not repeated. Check the outcome before submitting again.",
+        )
 
     def set_progress(self, percent: int) -> None:
         percent = max(0, min(100, int(percent)))
@@ -69,7 +106,13 @@ def retry_delay(retries: int, base: float, cap: float) -> int:
     return math.ceil(random.uniform(1.0, ceiling))
 
 
-WorkFunction = Callable[[JobContext], dict[str, Any]]
+class AwaitChildren:
+    """Returned by a work function that fanned out: its last child job finishes it."""
+
+
+AWAIT_CHILDREN = AwaitChildren()
+
+WorkFunction = Callable[[JobContext], "dict[str, Any] | AwaitChildren"]
 
 
 def register_job_task(app: Celery, name: str, work: WorkFunction, **options: Any) -> Task:
@@ -115,6 +158,9 @@ def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
         logger.exception("job %s failed with an unexpected error", job_id)
         _fail(job_id, PermanentJobError("internal_error", f"Unexpected worker error: {exc!r}"))
     else:
+        if isinstance(result, AwaitChildren):
+            logger.info("job %s fanned out in %.3fs", job_id, time.monotonic() - started)
+            return
         _finish(job_id, JobState.SUCCEEDED, result=result)
         logger.info("job %s succeeded in %.3fs", job_id, time.monotonic() - started)
 
@@ -151,7 +197,13 @@ def _start(job_id: uuid.UUID) -> JobContext | None:
         logger.warning(
             "job %s redelivered (attempt %d): its last worker died", job_id, job.attempts
         )
-    return JobContext(job_id=job.id, kind=job.kind, params=dict(job.params), attempt=job.attempts)
+    return JobContext(
+        job_id=job.id,
+        kind=job.kind,
+        params=dict(job.params),
+        attempt=job.attempts,
+        result=dict(job.result) if job.result else None,
+    )
 
 
 def _finish(job_id: uuid.UUID, state: JobState, **values: Any) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from sous_core import batches, webhooks
 from sous_core.db.models import Job, utcnow
 from sous_core.states import TERMINAL_STATES, IllegalTransition, JobState, sources_of
 
@@ -42,6 +43,9 @@ def transition(
     (the API marking a job queued while a worker starts it) cannot both win an illegal
     move. ``only_from`` narrows the legal sources further for one caller. Timestamps and
     the attempt counter follow from the target state.
+
+    Entering a terminal state also queues the job's webhook and counts it as finished in
+    its batch, in the same transaction, whoever made the move (worker, API, sweeper).
     """
     now = utcnow()
     values = {"state": target.value, "updated_at": now, **values}
@@ -67,11 +71,39 @@ def transition(
     )
     job = session.execute(statement).scalar_one_or_none()
     if job is not None:
+        if target in TERMINAL_STATES:
+            _on_terminal(session, job)
         return job
     current = session.execute(select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
     if current is None:
         raise JobNotFound(str(job_id))
     raise IllegalTransition(JobState(current), target)
+
+
+def _on_terminal(session: Session, job: Job) -> None:
+    webhooks.enqueue_delivery(session, job)
+    if job.parent_id is not None and batches.count_finished(session, job.parent_id, 1):
+        finish_batch(session, job.parent_id)
+
+
+def finish_batch(session: Session, parent_id: uuid.UUID) -> Job | None:
+    """Finish a batch whose children have all finished; ``None`` if it already was.
+
+    The batch succeeds (its result says how each child ended) unless it was cancelled.
+    """
+    parent = get_job(session, parent_id)
+    result = batches.aggregate(session, parent_id)
+    extra: dict[str, Any] = {}
+    target = JobState.SUCCEEDED
+    if parent.cancel_requested:
+        target = JobState.CANCELLED
+        extra = {"error_code": "cancelled", "error_message": "The batch was cancelled."}
+    try:
+        return transition(
+            session, parent_id, target, only_from={JobState.RUNNING}, result=result, **extra
+        )
+    except IllegalTransition:
+        return None
 
 
 def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Job:
@@ -116,9 +148,16 @@ def list_jobs(
     cursor: str | None = None,
     kind: str | None = None,
     state: JobState | None = None,
+    parent_id: uuid.UUID | None = None,
 ) -> JobPage:
-    """A tenant's jobs, newest first, ``limit`` at a time; pass ``next_cursor`` for more."""
-    statement = select(Job).where(Job.tenant_id == tenant_id)
+    """A tenant's jobs, newest first, ``limit`` at a time; pass ``next_cursor`` for more.
+
+    Only top-level jobs, unless ``parent_id`` asks for the children of one batch.
+    """
+    statement = select(Job).where(
+        Job.tenant_id == tenant_id,
+        Job.parent_id.is_(None) if parent_id is None else Job.parent_id == parent_id,
+    )
     if kind is not None:
         statement = statement.where(Job.kind == kind)
     if state is not None:
@@ -151,15 +190,19 @@ def is_cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
     return bool(row.cancel_requested) or row.state == JobState.CANCELLED.value
 
 
+_UNSTARTED = (JobState.PENDING, JobState.QUEUED, JobState.RETRYING)
+
+
 def request_cancel(session: Session, job: Job) -> Job:
-    """Cancel a job that has not started; flag a running one so its worker stops."""
+    """Cancel a job that has not started; flag a running one so its worker stops.
+
+    Cancelling a running batch cancels its children that have not started and flags
+    the running ones; the batch ends ``cancelled`` when the last of them has stopped.
+    """
     if job.job_state is JobState.RUNNING:
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(cancel_requested=True, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
+        _flag_cancel(session, Job.id == job.id)
+        if job.children_total is not None:
+            cancel_children(session, job.id)
         session.refresh(job)
         return job
     return transition(
@@ -169,6 +212,63 @@ def request_cancel(session: Session, job: Job) -> Job:
         error_code="cancelled",
         error_message="The job was cancelled before it ran.",
     )
+
+
+def _flag_cancel(session: Session, condition: Any) -> None:
+    session.execute(
+        update(Job)
+        .where(condition)
+        .values(cancel_requested=True, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def cancel_children(session: Session, parent_id: uuid.UUID) -> None:
+    """Cancel a batch's children that have not started; flag the running ones."""
+    now = utcnow()
+    cancelled = session.execute(
+        update(Job)
+        .where(Job.parent_id == parent_id, Job.state.in_([s.value for s in _UNSTARTED]))
+        .values(
+            state=JobState.CANCELLED.value,
+            error_code="cancelled",
+            error_message="The batch was cancelled before this job ran.",
+            updated_at=now,
+            finished_at=now,
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _flag_cancel(session, and_(Job.parent_id == parent_id, Job.state == JobState.RUNNING.value))
+    if batches.count_finished(session, parent_id, len(cancelled)):
+        finish_batch(session, parent_id)
+
+
+def mark_queued(session: Session, job_ids: Collection[uuid.UUID]) -> int:
+    """Mark published jobs ``queued`` unless a worker already started them; returns how many."""
+    if not job_ids:
+        return 0
+    now = utcnow()
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.state == JobState.PENDING.value)
+        .values(state=JobState.QUEUED.value, queued_at=now, updated_at=now)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return len(rows)
+
+
+def record_result(session: Session, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
+    """Store a running job's result so far (e.g. "the email was sent"); False if not running."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+        .values(result=result, updated_at=utcnow())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    return row is not None
 
 
 def set_progress(session: Session, job_id: uuid.UUID, percent: int) -> None:

@@ -39,7 +39,45 @@ class FetchParams(BaseModel):
         examples=["https://example.com/"],
     )
 
+    store_body: bool = Field(
+        default=False,
+        description="Keep the response body; download it from ``GET /v1/jobs/{id}/output``.",
+    )
+
     @field_validator("url")
     @classmethod
     def _valid_url(cls, url: str) -> str:
         return check_fetch_url(url)
+
+
+class FetchBatchParams(BaseModel):
+    """Fetch many URLs in parallel: one parent job, one child fetch job per URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(min_length=1, description="Absolute http(s) URLs, fetched in parallel.")
+    store_body: bool = False
+
+    @field_validator("urls")
+    @classmethod
+    def _valid_urls(cls, urls: list[str]) -> list[str]:
+        for index, url in enumerate(urls):
+            if len(url) > MAX_URL_LENGTH:
+                raise ValueError(f"urls[{index}] is longer than {MAX_URL_LENGTH} characters")
+            try:
+                check_fetch_url(url)
+            except ValueError as exc:
+                raise ValueError(f"urls[{index}] ({url[:100]!r}): {exc}") from None
+        return urls
+
+    def child_params(self) -> list[dict[str, object]]:
+        return [{"url": url, "store_body": self.store_body} for url in self.urls]
+
+
+def check_callback_url(url: str | None) -> str | None:
+    """A webhook target: an absolute http(s) URL (its address is checked when it is called)."""
+    if url is None:
+        return None
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"callback_url is longer than {MAX_URL_LENGTH} characters")
+    return check_fetch_url(url)

@@ -13,20 +13,30 @@ from pydantic import BaseModel, ConfigDict
 from sous_core.queues import FAST_QUEUE, HEAVY_QUEUE, MAINTENANCE_QUEUE
 
 FETCH_TASK = "sous.fetch"
+FETCH_BATCH_TASK = "sous.fetch_batch"
+EMAIL_TASK = "sous.email"
 HEAVY_PING_TASK = "sous.heavy.ping"
 REQUEUE_STALE_PENDING_TASK = "sous.maintenance.requeue_stale_pending"
 
 
 class JobKind:
     FETCH = "fetch"
+    FETCH_BATCH = "fetch_batch"
+    EMAIL = "email"
 
 
 #: Which task runs a job of each kind.
-TASK_FOR_KIND: dict[str, str] = {JobKind.FETCH: FETCH_TASK}
+TASK_FOR_KIND: dict[str, str] = {
+    JobKind.FETCH: FETCH_TASK,
+    JobKind.FETCH_BATCH: FETCH_BATCH_TASK,
+    JobKind.EMAIL: EMAIL_TASK,
+}
 
 #: Which queue each task goes to; a task missing here is refused when published.
 TASK_ROUTES: dict[str, str] = {
     FETCH_TASK: FAST_QUEUE,
+    FETCH_BATCH_TASK: FAST_QUEUE,
+    EMAIL_TASK: FAST_QUEUE,
     HEAVY_PING_TASK: HEAVY_QUEUE,
     REQUEUE_STALE_PENDING_TASK: MAINTENANCE_QUEUE,
 }

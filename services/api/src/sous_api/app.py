@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from sous_api.body_limit import BodySizeLimit
 from sous_api.errors import install_error_handlers
-from sous_api.routes import fetches, health, jobs
+from sous_api.routes import emails, fetches, health, jobs
 from sous_core.celery_app import create_celery_app
 from sous_core.settings import get_settings
 
@@ -36,5 +36,6 @@ def create_app() -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.include_router(health.router)
     app.include_router(fetches.router)
+    app.include_router(emails.router)
     app.include_router(jobs.router)
     return app

@@ -33,8 +33,12 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 BROKER_RETRY_AFTER_SECONDS = 5
 
 
-def request_fingerprint(kind: str, params: dict[str, Any]) -> str:
-    canonical = json.dumps({"kind": kind, "params": params}, sort_keys=True, separators=(",", ":"))
+def request_fingerprint(kind: str, params: dict[str, Any], callback_url: str | None) -> str:
+    canonical = json.dumps(
+        {"kind": kind, "params": params, "callback_url": callback_url},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -73,10 +77,11 @@ def submit_job(
     kind: str,
     params: dict[str, Any],
     idempotency_key: str | None = None,
+    callback_url: str | None = None,
 ) -> tuple[JobResource, bool]:
     """Create and enqueue a job; returns ``(job, replayed)``."""
     key = check_idempotency_key(idempotency_key)
-    fingerprint = request_fingerprint(kind, params)
+    fingerprint = request_fingerprint(kind, params, callback_url)
     if key is not None:
         existing = _find_by_key(session, principal, key)
         if existing is not None:
@@ -88,6 +93,7 @@ def submit_job(
         state=JobState.PENDING.value,
         idempotency_key=key,
         request_sha256=fingerprint,
+        callback_url=callback_url,
     )
     session.add(job)
     try:

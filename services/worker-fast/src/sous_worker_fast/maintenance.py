@@ -8,7 +8,7 @@ from celery import Celery
 
 from sous_core import jobs
 from sous_core.db.engine import session_scope
-from sous_core.enqueue import BrokerUnavailable, publish_job
+from sous_core.enqueue import BrokerUnavailable, confirmed_connection, publish_job
 from sous_core.settings import get_settings
 from sous_core.states import IllegalTransition, JobState
 
@@ -24,7 +24,7 @@ def requeue_stale_pending(app: Celery) -> int:
     """
     settings = get_settings()
     requeued = 0
-    confirmed = app.connection_for_write(transport_options={"confirm_publish": True})
+    confirmed = confirmed_connection(app)
     with confirmed, session_scope() as session:
         for job in jobs.stale_pending_jobs(session, settings.pending_requeue_after):
             try:

@@ -1,7 +1,8 @@
-"""Tables: tenants, their API keys, and jobs."""
+"""Tables: tenants, their API keys, jobs, and webhook deliveries."""
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -51,6 +53,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 
 
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_hex(24)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -61,6 +67,8 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Key of the HMAC that signs this tenant's webhooks (``sous tenants webhook-secret``).
+    webhook_secret: Mapped[str] = mapped_column(String(64), default=new_webhook_secret)
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant")
 
@@ -94,6 +102,7 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
+        Index("ix_jobs_parent_index", "parent_id", "batch_index"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -117,7 +126,53 @@ class Job(Base):
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The batch a child job belongs to, and its place in the batch's list.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True
+    )
+    batch_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: A batch's number of children (set when it fans out) and how many have finished.
+    children_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    children_finished: Mapped[int] = mapped_column(Integer, default=0)
+    #: Where to POST the job once it finishes (a webhook), if the client asked.
+    callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
 
     @property
     def job_state(self) -> JobState:
         return JobState(self.state)
+
+
+class WebhookState:
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """The POST of a finished job to its ``callback_url``: an outbox row, then its record.
+
+    Written in the same transaction that finishes the job, so no finished job misses
+    its webhook; fast workers claim due rows, POST, and record the outcome here.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="webhook_state_known"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    state: Mapped[str] = mapped_column(String(16), default=WebhookState.PENDING)
+    attempts: Mapped[int] = mapped_column(SmallInteger, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: A worker holds the row until then while it POSTs; after that, another may retry.
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

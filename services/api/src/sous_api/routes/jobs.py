@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 from celery import Celery
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from sous_api.deps import CeleryDep, PrincipalDep, run_db
 from sous_api.errors import ApiError
 from sous_api.schemas import JobList, JobResource
-from sous_core import jobs
+from sous_core import jobs, storage, webhooks
 from sous_core.apikeys import Principal
 from sous_core.db.models import Job
 from sous_core.settings import get_settings
@@ -47,8 +49,12 @@ def _tenant_job(session: Session, principal: Principal, job_id: uuid.UUID) -> Jo
         raise ApiError(404, "job_not_found", f"No job with id {job_id}.") from None
 
 
+def _resource(session: Session, job: Job) -> JobResource:
+    return JobResource.from_job(job, webhooks.deliveries_for(session, [job.id]).get(job.id))
+
+
 def _read_job(session: Session, principal: Principal, job_id: uuid.UUID) -> JobResource:
-    return JobResource.from_job(_tenant_job(session, principal, job_id))
+    return _resource(session, _tenant_job(session, principal, job_id))
 
 
 @router.get("/{job_id}", response_model=JobResource)
@@ -64,15 +70,24 @@ def _list_jobs(
     cursor: str | None,
     kind: str | None,
     state: JobState | None,
+    parent_id: uuid.UUID | None,
 ) -> JobList:
     try:
         page = jobs.list_jobs(
-            session, principal.tenant_id, limit=limit, cursor=cursor, kind=kind, state=state
+            session,
+            principal.tenant_id,
+            limit=limit,
+            cursor=cursor,
+            kind=kind,
+            state=state,
+            parent_id=parent_id,
         )
     except jobs.InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
+    deliveries = webhooks.deliveries_for(session, [job.id for job in page.jobs])
     return JobList(
-        items=[JobResource.from_job(job) for job in page.jobs], next_cursor=page.next_cursor
+        items=[JobResource.from_job(job, deliveries.get(job.id)) for job in page.jobs],
+        next_cursor=page.next_cursor,
     )
 
 
@@ -83,9 +98,47 @@ async def list_jobs(
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    parent_id: Annotated[
+        uuid.UUID | None, Query(description="Only the jobs of this batch (default: no batch jobs).")
+    ] = None,
 ) -> JobList:
-    """The tenant's jobs, newest first; follow ``next_cursor`` for older ones."""
-    return await run_db(_list_jobs, principal, limit, cursor, kind, state)
+    """The tenant's jobs, newest first; follow ``next_cursor`` for older ones.
+
+    The jobs a batch fanned out into are listed only with ``parent_id``.
+    """
+    return await run_db(_list_jobs, principal, limit, cursor, kind, state, parent_id)
+
+
+def _output_file(session: Session, principal: Principal, job_id: uuid.UUID) -> tuple[Path, str]:
+    job = _tenant_job(session, principal, job_id)
+    output = (job.result or {}).get("output")
+    if job.state != JobState.SUCCEEDED.value or not isinstance(output, dict):
+        raise ApiError(
+            404,
+            "no_output",
+            f"Job {job_id} has no stored output (it is {job.state}; fetches store their "
+            'body only with "store_body": true).',
+        )
+    path = storage.output_path(get_settings().storage_dir, job.id)
+    if not path.is_file():
+        raise ApiError(410, "output_gone", f"The output of job {job_id} is no longer stored.")
+    return path, str(output.get("content_type") or "application/octet-stream")
+
+
+@router.get(
+    "/{job_id}/output",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def download_output(job_id: uuid.UUID, principal: PrincipalDep) -> FileResponse:
+    """The job's stored output (a fetched body, a transcoded file), streamed."""
+    path, content_type = await run_db(_output_file, principal, job_id)
+    return FileResponse(
+        path,
+        media_type=content_type,
+        filename=f"{job_id}.out",
+        content_disposition_type="attachment",
+    )
 
 
 def _cancel_job(session: Session, principal: Principal, job_id: uuid.UUID) -> JobResource:
@@ -94,7 +147,7 @@ def _cancel_job(session: Session, principal: Principal, job_id: uuid.UUID) -> Jo
         raise ApiError(409, "job_finished", f"The job already {job.state}; nothing to cancel.")
     job = jobs.request_cancel(session, job)
     session.commit()
-    return JobResource.from_job(job)
+    return _resource(session, job)
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobResource)

@@ -1,0 +1,41 @@
+"""Where job outputs live on disk, and writing them so a reader never sees half a file.
+
+Every process that writes or serves outputs (workers, API) must see the same
+``SOUS_STORAGE_DIR``: a shared volume in a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+OUTPUT_NAME = "output"
+
+
+def job_dir(storage_dir: Path, job_id: uuid.UUID) -> Path:
+    """The folder of one job's files (spread over 256 sub-folders)."""
+    text = str(job_id)
+    return storage_dir / "jobs" / text[:2] / text
+
+
+def output_path(storage_dir: Path, job_id: uuid.UUID) -> Path:
+    return job_dir(storage_dir, job_id) / OUTPUT_NAME
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A file to write that appears at ``path`` only once it is complete (and not on error)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with partial.open("wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
