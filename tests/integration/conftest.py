@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.sinks import SmtpSink, WebhookReceiver
 from support.stack import Api, Origin, Stack, make_stack
 
 
@@ -18,9 +19,16 @@ def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(session_tmp: Path) -> Iterator[Stack]:
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    yield sink
+    sink.close()
+
+
+@pytest.fixture(scope="session")
+def stack(session_tmp: Path, smtp_sink: SmtpSink) -> Iterator[Stack]:
     """A shared installation with an API and a fast worker, for tests that can share one."""
-    with make_stack(session_tmp) as shared:
+    with make_stack(session_tmp, SOUS_SMTP_PORT=str(smtp_sink.port)) as shared:
         shared.start_fast_worker()
         yield shared
 
@@ -46,3 +54,10 @@ def tenant_key(stack: Stack) -> str:
 def client(api: Api, tenant_key: str) -> Iterator[httpx.Client]:
     with api.client(tenant_key) as http_client:
         yield http_client
+
+
+@pytest.fixture(scope="session")
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    yield server
+    server.close()

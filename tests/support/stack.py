@@ -236,6 +236,10 @@ class Origin:
 
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self.closing = threading.Event()
         origin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -248,6 +252,19 @@ class Origin:
                     self._send(int(path.rsplit("/", 1)[1]), b"status\n")
                 elif path.startswith("/drip/"):
                     self._drip(float(path.rsplit("/", 1)[1]))
+                elif path.startswith("/delay/"):
+                    self._delayed(float(path.rsplit("/", 1)[1]))
+                elif path.startswith("/bytes/"):
+                    self._send(200, b"b" * int(path.rsplit("/", 1)[1]))
+                elif path == "/redirect":
+                    query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                    self.send_response(302)
+                    self.send_header("Location", query["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif path == "/hang":
+                    # Headers never come; the fetch times out. Closing the origin ends it.
+                    origin.closing.wait(30)
                 else:
                     self._send(404, b"not found\n")
 
@@ -257,6 +274,17 @@ class Origin:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _delayed(self, seconds: float) -> None:
+                with origin._lock:
+                    origin.in_flight += 1
+                    origin.max_in_flight = max(origin.max_in_flight, origin.in_flight)
+                try:
+                    time.sleep(seconds)
+                    self._send(200, OK_BODY)
+                finally:
+                    with origin._lock:
+                        origin.in_flight -= 1
 
             def _drip(self, seconds: float) -> None:
                 # A slow body: 20 chunks spread over ``seconds``, so a job stays running.
@@ -282,6 +310,7 @@ class Origin:
         self.thread.start()
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)

@@ -124,3 +124,13 @@ def test_listing_shows_batches_but_not_their_children_unless_asked(session: Sess
     assert [job.id for job in page.jobs] == [parent.id]
     kids = jobs.list_jobs(session, parent.tenant_id, parent_id=parent.id)
     assert len(kids.jobs) == 3
+
+
+def test_cancelling_a_batch_whose_children_have_not_started_cancels_it_at_once(
+    session: Session,
+) -> None:
+    parent = running_batch(session)
+    cancelled = jobs.request_cancel(session, jobs.get_job(session, parent.id))
+    session.commit()
+    assert cancelled.state == "cancelled"
+    assert cancelled.result is not None and cancelled.result["cancelled"] == 3

@@ -91,11 +91,14 @@ def finish_batch(session: Session, parent_id: uuid.UUID) -> Job | None:
 
     The batch succeeds (its result says how each child ended) unless it was cancelled.
     """
-    parent = get_job(session, parent_id)
+    # A column read, not the session's copy of the parent, which may predate a cancel.
+    cancel_requested = session.execute(
+        select(Job.cancel_requested).where(Job.id == parent_id)
+    ).scalar_one()
     result = batches.aggregate(session, parent_id)
     extra: dict[str, Any] = {}
     target = JobState.SUCCEEDED
-    if parent.cancel_requested:
+    if cancel_requested:
         target = JobState.CANCELLED
         extra = {"error_code": "cancelled", "error_message": "The batch was cancelled."}
     try:

@@ -1,0 +1,129 @@
+"""Real servers the fast jobs talk to in tests: an SMTP sink and a webhook receiver."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import http.server
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from support.stack import free_port
+
+
+@dataclass
+class Delivered:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+
+
+class SmtpSink:
+    """An SMTP server that keeps every message, with behaviour chosen by recipient address.
+
+    ``tempfail-once-<x>@…`` is answered 451 at DATA the first time, then accepted;
+    ``reject-<x>@…`` gets 550 at DATA; ``nobody-<x>@…`` is refused at RCPT (550).
+    ``on_quit`` (if set) runs when a client that delivered a message says QUIT.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[Delivered] = []
+        self.attempts: Counter[str] = Counter()
+        self.on_quit: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def close(self) -> None:
+        self.controller.stop()
+
+    def to(self, address: str) -> list[Delivered]:
+        with self._lock:
+            return [m for m in self.messages if address in m.rcpt_tos]
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        if address.startswith("nobody-"):
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self._lock:
+            for address in envelope.rcpt_tos:
+                self.attempts[address] += 1
+            first = envelope.rcpt_tos[0]
+            if first.startswith("reject-"):
+                return "550 5.7.1 Message rejected by policy"
+            if first.startswith("tempfail-once-") and self.attempts[first] == 1:
+                return "451 4.3.0 Temporary failure, try again later"
+            raw = envelope.original_content or envelope.content
+            assert isinstance(raw, bytes)
+            message = email.message_from_bytes(raw, policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            self.messages.append(
+                Delivered(str(envelope.mail_from), list(envelope.rcpt_tos), message)
+            )
+            session.delivered = True  # type: ignore[attr-defined]
+        return "250 2.0.0 Ok: queued"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if getattr(session, "delivered", False) and self.on_quit is not None:
+            self.on_quit()
+        return "221 Bye"
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    """An HTTP server taking webhook POSTs; answers ``status`` (changeable) and keeps them."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.received: list[Received] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                receiver.received.append(Received(self.path, dict(self.headers.items()), body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def for_path(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
