@@ -28,7 +28,12 @@ def smtp_sink() -> Iterator[SmtpSink]:
 @pytest.fixture(scope="session")
 def stack(session_tmp: Path, smtp_sink: SmtpSink) -> Iterator[Stack]:
     """A shared installation with an API and a fast worker, for tests that can share one."""
-    with make_stack(session_tmp, SOUS_SMTP_PORT=str(smtp_sink.port)) as shared:
+    with make_stack(
+        session_tmp,
+        SOUS_SMTP_PORT=str(smtp_sink.port),
+        SOUS_WEBHOOK_BACKOFF="0.2",
+        SOUS_WEBHOOK_MAX_ATTEMPTS="3",
+    ) as shared:
         shared.start_fast_worker()
         yield shared
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -76,7 +75,8 @@ def test_a_mixed_batch_finishes_with_every_outcome(
     assert ok["result"]["sha256"] == OK_SHA256
     assert ok["result"]["status_code"] == 200
     assert ok["result"]["headers"]["content-type"] == "text/plain"
-    assert missing["error"]["code"] == "http_error" and "404" in missing["error"]["message"]
+    assert missing["error"]["code"] == "http_error"
+    assert "404" in missing["error"]["message"]
     assert hung["error"]["code"] == "timeout"
     assert big["state"] == "succeeded"
     assert big["result"]["truncated"] is True
@@ -85,15 +85,19 @@ def test_a_mixed_batch_finishes_with_every_outcome(
     for blocked in (to_loopback, to_metadata):
         assert blocked["error"]["code"] == "url_blocked", blocked
     assert "metadata" in to_metadata["error"]["message"]
-    assert local_origin.hits["/ok"] == 1, "the redirect to another loopback address was not followed"
+    assert local_origin.hits["/ok"] == 1, (
+        "the redirect to another loopback address was not followed"
+    )
 
     # Stored bodies download from each child's output; a failed child has none.
     body = batch_client.get(f"/v1/jobs/{ok['job_id']}/output")
-    assert body.status_code == 200 and body.content == OK_BODY
+    assert body.status_code == 200
+    assert body.content == OK_BODY
     assert body.headers["content-type"].startswith("text/plain")
     assert batch_client.get(f"/v1/jobs/{big['job_id']}/output").content == b"b" * MAX_BYTES
     none = batch_client.get(f"/v1/jobs/{missing['job_id']}/output")
-    assert none.status_code == 404 and none.json()["error"]["code"] == "no_output"
+    assert none.status_code == 404
+    assert none.json()["error"]["code"] == "no_output"
 
     # Children are jobs of their own, listed under their batch and not at the top level.
     children = batch_client.get("/v1/jobs", params={"parent_id": batch["id"], "limit": 50}).json()
@@ -102,7 +106,8 @@ def test_a_mixed_batch_finishes_with_every_outcome(
     )
     assert all(child["parent_id"] == batch["id"] for child in children["items"])
     top = [job["id"] for job in batch_client.get("/v1/jobs").json()["items"]]
-    assert batch["id"] in top and ok["job_id"] not in top
+    assert batch["id"] in top
+    assert ok["job_id"] not in top
 
 
 def test_a_batch_on_one_host_keeps_to_the_per_host_limit(

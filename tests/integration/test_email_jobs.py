@@ -57,8 +57,10 @@ def test_an_email_arrives_with_its_headers_and_bodies(
     assert message.get_content_type() == "multipart/alternative"
     text = message.get_body(("plain",))
     html = message.get_body(("html",))
-    assert text is not None and "the report is ready." in text.get_content()
-    assert html is not None and "<p>Hello Ada,</p>" in html.get_content()
+    assert text is not None
+    assert "the report is ready." in text.get_content()
+    assert html is not None
+    assert "<p>Hello Ada,</p>" in html.get_content()
 
 
 def test_a_temporary_failure_is_retried_and_delivered_once(

@@ -54,7 +54,7 @@ class SmtpSink:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
     ) -> str:
         if address.startswith("nobody-"):
-            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

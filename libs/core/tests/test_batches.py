@@ -73,7 +73,8 @@ def test_the_last_child_to_finish_finishes_the_batch_with_every_outcome(session:
     }
     items = done.result["items"]
     assert [item["url"] for item in items] == URLS
-    assert items[0]["result"] == {"status_code": 200} and items[0]["error"] is None
+    assert items[0]["result"] == {"status_code": 200}
+    assert items[0]["error"] is None
     assert items[1]["error"] == {"code": "http_error", "message": "GET answered 404"}
     assert items[2]["state"] == "cancelled"
 
@@ -106,7 +107,8 @@ def test_cancelling_a_batch_cancels_unstarted_children_and_waits_for_running_one
     session.commit()
     done = jobs.get_job(session, parent.id)
     assert done.state == "cancelled"
-    assert done.result is not None and done.result["cancelled"] == 3
+    assert done.result is not None
+    assert done.result["cancelled"] == 3
 
 
 def test_finish_batch_is_idempotent(session: Session) -> None:
@@ -133,4 +135,5 @@ def test_cancelling_a_batch_whose_children_have_not_started_cancels_it_at_once(
     cancelled = jobs.request_cancel(session, jobs.get_job(session, parent.id))
     session.commit()
     assert cancelled.state == "cancelled"
-    assert cancelled.result is not None and cancelled.result["cancelled"] == 3
+    assert cancelled.result is not None
+    assert cancelled.result["cancelled"] == 3

@@ -44,7 +44,8 @@ def test_claims_lease_rows_then_retry_with_backoff_and_give_up(session: Session)
     job = finished_job(session, "https://hooks.example/sous")
     (claimed,) = webhooks.claim_due(session, limit=10, lease_seconds=60)
     session.commit()
-    assert claimed.job_id == job.id and claimed.attempt == 1
+    assert claimed.job_id == job.id
+    assert claimed.attempt == 1
     assert claimed.secret.startswith("whsec_")
     assert webhooks.claim_due(session, limit=10, lease_seconds=60) == []  # leased
 
@@ -93,7 +94,11 @@ def test_success_is_recorded(session: Session) -> None:
     webhooks.record_success(session, claimed.id, 204)
     session.commit()
     row = webhooks.deliveries_for(session, [job.id])[job.id]
-    assert (row.state, row.last_status_code, row.finished_at is not None) == ("delivered", 204, True)
+    assert (row.state, row.last_status_code, row.finished_at is not None) == (
+        "delivered",
+        204,
+        True,
+    )
 
 
 def test_signatures_verify_and_reject_tampering_staleness_and_wrong_keys() -> None:

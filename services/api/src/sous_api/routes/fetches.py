@@ -105,4 +105,3 @@ async def submit_fetch(
         submit_job, celery, principal, kind, params, idempotency_key, body.callback_url
     )
     return job_accepted(request, response, job, replayed)
-
