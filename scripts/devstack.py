@@ -99,6 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
     parser.add_argument(
+        "--mail-sink-port",
+        type=int,
+        default=1025,
+        help="port of the development mail sink started when SOUS_SMTP_HOST is not set "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=REPO / ".sous",
@@ -275,7 +282,14 @@ def flower_port() -> str:
     return os.environ.get("SOUS_FLOWER_PORT") or "5555"
 
 
-def build_children(data_dir: Path, flower: bool) -> list[Child]:
+def mail_sink_env(port: int) -> dict[str, str]:
+    """Email jobs go to the local mail sink unless an SMTP server was configured."""
+    if "SOUS_SMTP_HOST" in os.environ:
+        return {}
+    return {"SOUS_SMTP_HOST": "127.0.0.1", "SOUS_SMTP_PORT": str(port)}
+
+
+def build_children(data_dir: Path, flower: bool, mail_sink_port: int | None) -> list[Child]:
     specs = [
         ("api", process_commands.api()),
         ("worker-fast", process_commands.worker_fast()),
@@ -284,6 +298,8 @@ def build_children(data_dir: Path, flower: bool) -> list[Child]:
     ]
     if flower:
         specs.append(("flower", process_commands.flower(flower_port())))
+    if mail_sink_port is not None:
+        specs.insert(0, ("mail-sink", process_commands.mail_sink(mail_sink_port)))
     return [
         Child(name, [str(BIN / argv[0]), *argv[1:]], COLORS[i % len(COLORS)])
         for i, (name, argv) in enumerate(specs)
@@ -417,16 +433,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     overrides = choose_mode(args, settings, out)
     flower = not args.no_flower and not overrides
+    mail = mail_sink_env(args.mail_sink_port)
     settings_file = args.data_dir / "env"
-    write_env_file(settings_file, settings, overrides)
+    write_env_file(settings_file, settings, {**overrides, **mail})
     print_banner(out, settings, overrides, flower, settings_file)
+    if mail:
+        out.say(f"Mail:    email jobs go to the local mail sink on port {args.mail_sink_port}")
     # Unbuffered children, so their lines show up as they happen rather than in bursts.
-    env = {**os.environ, **overrides, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **overrides, **mail, "PYTHONUNBUFFERED": "1"}
     migrate(env, out)
     if stop.is_set():
         out.say("stopped")
         return 0
-    children = build_children(args.data_dir, flower)
+    children = build_children(args.data_dir, flower, args.mail_sink_port if mail else None)
     for child in children:
         start(child, env, out)
     return supervise(children, stop, out)

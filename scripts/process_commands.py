@@ -41,3 +41,8 @@ def flower(port: str) -> list[str]:
         "--address=127.0.0.1",
         f"--port={port}",
     ]
+
+
+def mail_sink(port: int) -> list[str]:
+    """Development only: a local SMTP server that logs the messages it gets."""
+    return ["python", "scripts/mail_sink.py", "--port", str(port), "--show-body"]

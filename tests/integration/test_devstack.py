@@ -116,7 +116,7 @@ def test_embedded_devstack_runs_a_fetch_and_stops_cleanly(tmp_path: Path, body_s
     port = _free_port()
     log = tmp_path / "devstack.log"
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "SOUS_SMTP_HOST"},
         "SOUS_API_HOST": "127.0.0.1",
         "SOUS_API_PORT": str(port),
         "SOUS_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
@@ -129,6 +129,8 @@ def test_embedded_devstack_runs_a_fetch_and_stops_cleanly(tmp_path: Path, body_s
         "--no-flower",
         "--data-dir",
         str(data_dir),
+        "--mail-sink-port",
+        str(_free_port()),
     ]
     with log.open("wb") as log_file:
         devstack = subprocess.Popen(
@@ -165,6 +167,16 @@ def test_embedded_devstack_runs_a_fetch_and_stops_cleanly(tmp_path: Path, body_s
             assert submitted.status_code == 202, submitted.text
             job = _wait_job(client, submitted.json()["id"], token)
 
+            # Email jobs go to the development mail sink, which logs each message.
+            mailed = client.post(
+                "/v1/emails",
+                json={"to": ["dev@example.com"], "subject": "devstack mail", "text": "hi"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert mailed.status_code == 202, mailed.text
+            mail_job = _wait_job(client, mailed.json()["id"], token)
+        assert mail_job["state"] == "succeeded", mail_job
+
         assert job["state"] == "succeeded", job
         assert job["result"]["status_code"] == 200
         assert job["result"]["sha256"] == hashlib.sha256(BODY).hexdigest()
@@ -173,10 +185,12 @@ def test_embedded_devstack_runs_a_fetch_and_stops_cleanly(tmp_path: Path, body_s
         assert devstack.wait(STOP_TIMEOUT) == 0
         output = log.read_text()
         assert "Sous devstack: embedded mode" in output
-        for name in ("api", "worker-fast", "worker-heavy", "scheduler"):
+        names = {"api", "worker-fast", "worker-heavy", "scheduler", "mail-sink"}
+        for name in names:
             assert re.search(rf"^{re.escape(name)} +\| \S", output, re.MULTILINE), name
+        assert re.search(r"mail-sink +\| mail #1: .*dev@example.com.*devstack mail", output)
         pids = _child_pids(output)
-        assert set(pids) == {"api", "worker-fast", "worker-heavy", "scheduler"}
+        assert set(pids) == names
         assert [name for name, pid in pids.items() if _group_exists(pid)] == []
     finally:
         _stop(devstack, log)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +16,8 @@ from support.sinks import WebhookReceiver
 from support.stack import Api, Origin, Stack, free_port, wait_until
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tenant_client(stack: Stack, api: Api) -> tuple[httpx.Client, str]:
@@ -160,3 +166,37 @@ def test_rotating_the_secret_signs_later_webhooks_with_the_new_one(
     )
     assert missing.returncode != 0
     assert "no tenant named 'nope'" in missing.stderr
+
+
+def test_the_readme_receiver_verifies_and_prints_jobs(
+    stack: Stack, api: Api, origin: Origin, tmp_path: Path
+) -> None:
+    """examples/webhook_receiver.py, as the README shows it, accepts a real Sous webhook."""
+    readme = (REPO / "README.md").read_text()
+    example = (REPO / "examples" / "webhook_receiver.py").read_text()
+    assert example in readme, "the README must show examples/webhook_receiver.py verbatim"
+
+    client, secret = tenant_client(stack, api)
+    port = free_port()
+    log = tmp_path / "receiver.log"
+    with log.open("wb") as out:
+        receiver = subprocess.Popen(
+            [sys.executable, str(REPO / "examples" / "webhook_receiver.py"), "--port", str(port)],
+            env={**os.environ, "SOUS_WEBHOOK_SECRET": secret},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "listening" in log.read_text(), 10, "the receiver to listen")
+        with client:
+            job_id = client.post(
+                "/v1/fetches",
+                json={"url": f"{origin.url}/ok", "callback_url": f"http://127.0.0.1:{port}/"},
+            ).json()["id"]
+            job = webhook_settled(client, job_id)
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+    assert job["webhook"]["state"] == "delivered"
+    assert job["webhook"]["last_status_code"] == 204
+    assert f"job {job_id} fetch succeeded" in log.read_text()
