@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit check fmt services
+.PHONY: help install run test test-unit check fmt services bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,12 @@ test: install services ## Run the whole suite against the real services
 
 test-unit: install ## Run only the tests that need no services
 	@$(UV) run --frozen pytest libs services tests/test_architecture.py
+
+bench: install services ## Run the benchmarks (minutes); results in bench/README.md and results.json
+	@$(UV) run --frozen python bench/fast_jobs.py --runs 5 --emails 500
+
+bench-quick: install services ## A one-minute smoke run of the benchmarks
+	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
 
 check: install ## Format check, lint and type check, as in CI
 	@$(UV) run --frozen ruff format --check .

@@ -20,3 +20,19 @@ def session(tmp_path: Path) -> Iterator[Session]:
     with Session(engine) as db_session:
         yield db_session
     engine.dispose()
+
+
+@pytest.fixture
+def configured_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A migrated SQLite database that the process-wide engine (``session_scope``) uses."""
+    from sous_core.db.engine import dispose_engine
+    from sous_core.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'process.db'}"
+    upgrade(url)
+    monkeypatch.setenv("SOUS_DATABASE_URL", url)
+    get_settings.cache_clear()
+    dispose_engine()
+    yield url
+    dispose_engine()
+    get_settings.cache_clear()

@@ -46,6 +46,9 @@ def create_celery_app(
         # Outcomes live in the job table; only groups and chords need stored results.
         task_ignore_result=True,
         result_expires=24 * 3600,
+        # One result backend per process: Celery otherwise makes one per thread, and a
+        # gevent worker has a "thread" (greenlet) per task, so it built one for each task.
+        result_backend_thread_safe=True,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.broker_publish_timeout / 2,
         broker_transport_options={"confirm_publish": publisher_confirms},

@@ -12,14 +12,15 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery import Celery, Task
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
-from sous_core import jobs
+from sous_core import cancel_watch, jobs
 from sous_core.db.engine import session_scope
 from sous_core.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
 from sous_core.settings import get_settings
@@ -29,9 +30,6 @@ from sous_core.tasks import JobPayload
 logger = logging.getLogger("sous.jobs")
 
 _Params = TypeVar("_Params", bound=BaseModel)
-
-#: Seconds between two looks at the database for a cancel request.
-CANCEL_CHECK_INTERVAL = 1.0
 
 
 @dataclass
@@ -44,9 +42,6 @@ class JobContext:
     attempt: int
     #: What an earlier attempt recorded with :meth:`checkpoint` (``None`` on a first run).
     result: dict[str, Any] | None = None
-    # The job was just read when it started: the first look is due a second from now.
-    _last_cancel_check: float = field(default_factory=time.monotonic, repr=False)
-    _cancelled: bool = field(default=False, repr=False)
 
     def params_as(self, model: type[_Params]) -> _Params:
         """The job's parameters as ``model``; invalid ones fail the job for good."""
@@ -59,12 +54,7 @@ class JobContext:
 
     def should_stop(self) -> bool:
         """True once the job has been cancelled; cheap to call often (checks ~once a second)."""
-        now = time.monotonic()
-        if not self._cancelled and now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL:
-            self._last_cancel_check = now
-            with session_scope() as session:
-                self._cancelled = jobs.is_cancel_requested(session, self.job_id)
-        return self._cancelled
+        return cancel_watch.WATCH.cancelled(self.job_id)
 
     def checkpoint(self, result: dict[str, Any], *, attempts: int = 3) -> None:
         """Record a side effect that must not be repeated, before the task acknowledges.
@@ -131,9 +121,20 @@ def register_job_task(app: Celery, name: str, work: WorkFunction, **options: Any
 
 
 def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
-    context = _start(job_id)
+    delivery_info = task.request.delivery_info or {}
+    context = _start(job_id, redelivered=bool(delivery_info.get("redelivered")))
     if context is None:
         return
+    cancel_watch.WATCH.watch(job_id)
+    try:
+        _run_work(task, context, work)
+    finally:
+        cancel_watch.WATCH.forget(job_id)
+
+
+def _run_work(task: Task, context: JobContext, work: WorkFunction) -> None:
+    """Run the work of a started job and record how it ended."""
+    job_id = context.job_id
     started = time.monotonic()
     try:
         result = work(context)
@@ -165,38 +166,27 @@ def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
         logger.info("job %s succeeded in %.3fs", job_id, time.monotonic() - started)
 
 
-def _start(job_id: uuid.UUID) -> JobContext | None:
-    """Mark the job running; ``None`` when it must not run (gone, finished, cancelled)."""
+def _start(job_id: uuid.UUID, redelivered: bool = False) -> JobContext | None:
+    """Mark the job running; ``None`` when it must not run (gone, finished, cancelled).
+
+    The usual case is one conditional ``UPDATE``; only when it matches nothing is the
+    row read to find out why.
+    """
     with session_scope() as session:
         try:
-            job = jobs.get_job(session, job_id)
-        except jobs.JobNotFound:
-            logger.warning("job %s not found; dropping its message", job_id)
-            return None
-        if job.job_state.is_terminal:
-            logger.info("job %s is already %s; skipping redelivered message", job_id, job.state)
-            return None
-        if job.cancel_requested:
-            jobs.transition(
+            job = jobs.transition(
                 session,
                 job_id,
-                JobState.CANCELLED,
-                error_code="cancelled",
-                error_message="The job was cancelled.",
+                JobState.RUNNING,
+                unless_cancel_requested=True,
+                error_code=None,
+                error_message=None,
             )
+        except (jobs.JobNotFound, IllegalTransition):
+            _explain_not_started(session, job_id)
             return None
-        redelivered = job.job_state is JobState.RUNNING
-        try:
-            job = jobs.transition(
-                session, job_id, JobState.RUNNING, error_code=None, error_message=None
-            )
-        except IllegalTransition as exc:
-            logger.info("job %s not started: %s", job_id, exc)
-            return None
-    if redelivered:
-        logger.warning(
-            "job %s redelivered (attempt %d): its last worker died", job_id, job.attempts
-        )
+    if redelivered and job.attempts > 1:
+        logger.warning("job %s redelivered (attempt %d)", job_id, job.attempts)
     return JobContext(
         job_id=job.id,
         kind=job.kind,
@@ -204,6 +194,27 @@ def _start(job_id: uuid.UUID) -> JobContext | None:
         attempt=job.attempts,
         result=dict(job.result) if job.result else None,
     )
+
+
+def _explain_not_started(session: Session, job_id: uuid.UUID) -> None:
+    """Log why a job was not started, and cancel it if a cancel was waiting for it."""
+    try:
+        job = jobs.get_job(session, job_id)
+    except jobs.JobNotFound:
+        logger.warning("job %s not found; dropping its message", job_id)
+        return
+    if job.job_state.is_terminal:
+        logger.info("job %s is already %s; skipping redelivered message", job_id, job.state)
+    elif job.cancel_requested:
+        jobs.transition(
+            session,
+            job_id,
+            JobState.CANCELLED,
+            error_code="cancelled",
+            error_message="The job was cancelled.",
+        )
+    else:
+        logger.info("job %s not started: it is %s", job_id, job.state)
 
 
 def _finish(job_id: uuid.UUID, state: JobState, **values: Any) -> None:

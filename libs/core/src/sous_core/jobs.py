@@ -35,14 +35,16 @@ def transition(
     target: JobState,
     *,
     only_from: Collection[JobState] | None = None,
+    unless_cancel_requested: bool = False,
     **values: Any,
 ) -> Job:
     """Move a job to ``target`` if its current state allows it, atomically.
 
     The check and the write are one conditional ``UPDATE``, so two processes racing
     (the API marking a job queued while a worker starts it) cannot both win an illegal
-    move. ``only_from`` narrows the legal sources further for one caller. Timestamps and
-    the attempt counter follow from the target state.
+    move. ``only_from`` narrows the legal sources further for one caller, and
+    ``unless_cancel_requested`` refuses the move for a job with a pending cancel.
+    Timestamps and the attempt counter follow from the target state.
 
     Entering a terminal state also queues the job's webhook and counts it as finished in
     its batch, in the same transaction, whoever made the move (worker, API, sweeper).
@@ -62,9 +64,12 @@ def transition(
     if only_from is not None:
         sources &= frozenset(only_from)
     allowed = [state.value for state in sources]
+    conditions = [Job.id == job_id, Job.state.in_(allowed)]
+    if unless_cancel_requested:
+        conditions.append(Job.cancel_requested.is_(False))
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.state.in_(allowed))
+        .where(*conditions)
         .values(**values)
         .returning(Job)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -194,6 +199,18 @@ def is_cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
 
 
 _UNSTARTED = (JobState.PENDING, JobState.QUEUED, JobState.RETRYING)
+
+
+def cancel_requested_among(session: Session, job_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``job_ids`` must stop: cancel requested, already cancelled, or gone."""
+    rows = session.execute(
+        select(Job.id, Job.cancel_requested, Job.state).where(Job.id.in_(list(job_ids)))
+    ).all()
+    present = {row.id for row in rows}
+    stopped = {
+        row.id for row in rows if row.cancel_requested or row.state == JobState.CANCELLED.value
+    }
+    return stopped | (set(job_ids) - present)
 
 
 def request_cancel(session: Session, job: Job) -> Job:
