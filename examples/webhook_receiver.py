@@ -11,8 +11,6 @@ import os
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-SECRET = os.environ["SOUS_WEBHOOK_SECRET"].encode()
-
 
 def verified(body: bytes, header: str, tolerance: int = 300) -> bool:
     """Sous-Signature is t=<unix time>,v1=<HMAC-SHA256 of "<t>." + body, in hex>."""
@@ -20,7 +18,8 @@ def verified(body: bytes, header: str, tolerance: int = 300) -> bool:
     timestamp = fields.get("t", "")
     if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance:
         return False  # missing, or too old: a replay
-    expected = hmac.new(SECRET, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    secret = os.environ["SOUS_WEBHOOK_SECRET"].encode()  # sous tenants webhook-secret show
+    expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, fields.get("v1", ""))
 
 
