@@ -94,6 +94,9 @@ def test_a_mixed_batch_finishes_with_every_outcome(
     assert body.status_code == 200
     assert body.content == OK_BODY
     assert body.headers["content-type"].startswith("text/plain")
+    assert body.headers["content-disposition"].startswith("attachment")
+    assert body.headers["x-content-type-options"] == "nosniff"
+    assert body.headers["content-security-policy"] == "sandbox"
     assert batch_client.get(f"/v1/jobs/{big['job_id']}/output").content == b"b" * MAX_BYTES
     none = batch_client.get(f"/v1/jobs/{missing['job_id']}/output")
     assert none.status_code == 404

@@ -138,6 +138,8 @@ async def download_output(job_id: uuid.UUID, principal: PrincipalDep) -> FileRes
         media_type=content_type,
         filename=f"{job_id}.out",
         content_disposition_type="attachment",
+        # The bytes came from elsewhere: never let a browser run them as this API's page.
+        headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"},
     )
 
 
