@@ -58,7 +58,10 @@ def create_celery_app(
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        worker_send_task_events=True,
+        # Task events cost a publish per task state (a tenth of a fast job's CPU); Flower
+        # switches them on while it watches (it sends enable_events), so they are off by
+        # default. Metrics come from the workers themselves, not from events.
+        worker_send_task_events=False,
         # A task-sent event is one more confirmed publish per job, made under a lock that
         # every API request thread shares; the API counts what it sends itself.
         task_send_sent_event=False,
