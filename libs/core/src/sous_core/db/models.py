@@ -1,15 +1,18 @@
-"""Tables: tenants, their API keys, jobs, and webhook deliveries."""
+"""Tables: tenants, keys, quotas and usage; jobs and webhook deliveries; schedules."""
 
 from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -136,6 +139,14 @@ class Job(Base):
     children_finished: Mapped[int] = mapped_column(Integer, default=0)
     #: Where to POST the job once it finishes (a webhook), if the client asked.
     callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    #: The schedule that created this job, if a schedule did.
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("schedules.id", ondelete="SET NULL"), nullable=True
+    )
+    #: Last sign of life from the worker running the job (the stuck-job reaper reads it).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Times the reaper re-queued this job after its worker went silent.
+    reaped: Mapped[int] = mapped_column(SmallInteger, default=0)
 
     @property
     def job_state(self) -> JobState:
@@ -176,3 +187,91 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TenantQuota(Base):
+    """A tenant's daily limit on one metric (``jobs:<kind>`` or ``transcode_input_minutes``).
+
+    No row means no limit.
+    """
+
+    __tablename__ = "tenant_quotas"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    daily_limit: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TenantUsage(Base):
+    """How much of a metric a tenant used on one (UTC) day; a new day starts at zero."""
+
+    __tablename__ = "tenant_usage"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Schedule(Base):
+    """A tenant's recurring job: a cron expression in a time zone, and the job to submit."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        CheckConstraint("missed_policy IN ('skip', 'catch_up')", name="missed_policy_known"),
+        Index("ix_schedules_due", "enabled", "next_fire_at"),
+        Index("ix_schedules_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    cron: Mapped[str] = mapped_column(String(120))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    #: ``{"kind": ..., <that kind's submission body>}``.
+    job: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Ticks missed while no scheduler ran: ``skip`` them, or ``catch_up`` with one run.
+    missed_policy: Mapped[str] = mapped_column(String(16), default="skip")
+    #: The next tick to fire (UTC); null while disabled.
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ScheduleRun(Base):
+    """One tick of a schedule; the unique (schedule, tick) makes each tick fire once."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "tick", name="uq_schedule_runs_schedule_tick"),
+        Index("ix_schedule_runs_schedule_tick", "schedule_id", "tick"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    schedule_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    tick: Mapped[datetime] = mapped_column(UTCDateTime)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
+    #: ``submitted``, or ``rejected`` (quota spent, invalid job) with ``error``.
+    outcome: Mapped[str] = mapped_column(String(16), default="submitted")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MaintenanceTick(Base):
+    """A platform maintenance task's tick, claimed once however many schedulers run."""
+
+    __tablename__ = "maintenance_ticks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tick: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    claimed_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

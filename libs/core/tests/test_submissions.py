@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sous_api.errors import ApiError
-from sous_api.submission import check_idempotency_key, request_fingerprint
+from sous_core.submissions import SubmissionRefused, check_idempotency_key, request_fingerprint
 
 
 def test_fingerprint_ignores_key_order_but_not_values() -> None:
@@ -18,9 +17,9 @@ def test_fingerprint_ignores_key_order_but_not_values() -> None:
 
 @pytest.mark.parametrize("key", ["", "k" * 256, "tab\there", "nul\x00"])
 def test_bad_idempotency_keys_are_400(key: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(SubmissionRefused) as caught:
         check_idempotency_key(key)
-    assert caught.value.status_code == 400
+    assert caught.value.status == 400
 
 
 def test_good_idempotency_keys_pass_through() -> None:
