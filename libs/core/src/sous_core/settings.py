@@ -12,6 +12,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sous_core.netguard import parse_networks
 
 
+def parse_kind_seconds(text: str) -> dict[str, float]:
+    """``"fetch=60, email=60"`` → ``{"fetch": 60.0, "email": 60.0}``."""
+    result: dict[str, float] = {}
+    for part in filter(None, (item.strip() for item in text.split(","))):
+        kind, sep, seconds = part.partition("=")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = -1
+        if not sep or not kind.strip() or value <= 0:
+            raise ValueError(f"expected kind=seconds with seconds > 0, got {part!r}")
+        result[kind.strip()] = value
+    return result
+
+
 class Settings(BaseSettings):
     """All of Sous's settings; ``.env.example`` documents each variable."""
 
@@ -95,6 +110,33 @@ class Settings(BaseSettings):
     pending_requeue_after: float = Field(default=120.0, gt=0)
     #: Seconds between two sweeps for such jobs.
     pending_sweep_interval: float = Field(default=60.0, gt=0)
+    #: Days a finished job (and its stored output) is kept before the retention purge.
+    retention_days: int = Field(default=30, ge=1, le=3650)
+    #: Jobs the purge deletes per transaction (short ones, so the table is never locked long).
+    purge_batch_size: int = Field(default=1000, ge=1, le=100000)
+    #: API keys expiring within this many days are reported by the weekly key check.
+    key_expiry_warning_days: int = Field(default=14, ge=1, le=365)
+    #: Time zone of the maintenance schedule's cron expressions.
+    maintenance_timezone: str = "UTC"
+    #: When daily quotas start afresh (cron, in the maintenance time zone).
+    quota_reset_cron: str = "0 0 * * *"
+    #: When expired API keys are revoked and soon-to-expire ones reported (weekly).
+    key_expiry_cron: str = "0 3 * * 1"
+    #: When old jobs and their outputs are purged (monthly); also `sous maintenance run`.
+    retention_cron: str = "0 4 1 * *"
+    #: Seconds between two runs of the stuck-job reaper.
+    reaper_interval: float = Field(default=60.0, gt=0)
+    #: Seconds between two heartbeats of each running job, sent by its worker.
+    heartbeat_interval: float = Field(default=10.0, gt=0, le=600)
+    #: Seconds without a heartbeat after which a running job counts as stuck, per kind
+    #: (``kind=seconds,...``); kinds not listed use ``reaper_default_silence``.
+    reaper_silence: str = "fetch=60,email=60,transcode=300"
+    reaper_default_silence: float = Field(default=120.0, gt=0)
+    #: Seconds between two looks for user schedules that are due (in the scheduler).
+    schedule_poll_interval: float = Field(default=1.0, gt=0, le=60)
+    #: A tick this many seconds late still fires; older ones follow the schedule's policy
+    #: for missed ticks (``skip``, or ``catch_up`` with one run).
+    schedule_misfire_grace: float = Field(default=60.0, gt=0)
     #: Log level of every Sous process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Optional RabbitMQ management API base URL, for ``sous queues`` unacked counts.
@@ -105,6 +147,16 @@ class Settings(BaseSettings):
     def _networks_parse(cls, value: str) -> str:
         parse_networks(value)
         return value
+
+    @field_validator("reaper_silence")
+    @classmethod
+    def _silence_parses(cls, value: str) -> str:
+        parse_kind_seconds(value)
+        return value
+
+    @property
+    def reaper_silence_by_kind(self) -> dict[str, float]:
+        return parse_kind_seconds(self.reaper_silence)
 
     @property
     def fetch_allowed_networks(self) -> tuple:
