@@ -294,7 +294,7 @@ def build_children(data_dir: Path, flower: bool, mail_sink_port: int | None) -> 
         ("api", process_commands.api()),
         ("worker-fast", process_commands.worker_fast()),
         ("worker-heavy", process_commands.worker_heavy()),
-        ("scheduler", process_commands.scheduler(str(data_dir / "celerybeat-schedule"))),
+        ("scheduler", process_commands.scheduler()),
     ]
     if flower:
         specs.append(("flower", process_commands.flower(flower_port())))

@@ -27,9 +27,10 @@ def worker_heavy(concurrency: int = 2, name: str = "heavy@%h") -> list[str]:
     ]  # fmt: skip
 
 
-def scheduler(schedule_file: str) -> list[str]:
-    """Celery beat; exactly one may run."""
-    return ["celery", "-A", "sous_scheduler.beat", "beat", "-s", schedule_file]
+def scheduler() -> list[str]:
+    """Celery beat with Sous's scheduler: ticks are claimed in the database, so a second
+    replica started by mistake fires nothing twice."""
+    return ["celery", "-A", "sous_scheduler.beat", "beat"]
 
 
 def flower(port: str) -> list[str]:

@@ -28,7 +28,7 @@ def test_scheduler_declares_the_topology_on_a_fresh_broker(tmp_path: Path) -> No
     with make_stack(tmp_path) as own:
         assert all(q["ready"] is None for q in own.queue_stats().values())
 
-        beat = own.start("scheduler", *process_commands.scheduler(str(tmp_path / "schedule")))
+        beat = own.start("scheduler", *process_commands.scheduler())
         beat.wait_for_log(r"beat: Starting", 60)
 
         def declared() -> bool:

@@ -41,7 +41,7 @@ def test_stale_pending_job_is_published_by_the_sweep_and_runs(
         engine.dispose()
         key = own.create_key("sweep")
         own.start_fast_worker()
-        own.start("scheduler", *process_commands.scheduler(str(tmp_path / "schedule")))
+        own.start("scheduler", *process_commands.scheduler())
         api = own.start_api()
 
         with api.client(key) as client:

@@ -1,13 +1,17 @@
-"""Which of this process's running jobs have been asked to stop: one query a second for all.
+"""This process's running jobs: their heartbeats, and whether they were asked to stop.
 
 A gevent worker runs hundreds of jobs at once; each asking the database about itself
 every second would be hundreds of queries a second. Jobs register here while they
-run, and whichever job looks first after the interval refreshes the flags of all of
-them in one query; the others read the flags without waiting.
+run, and one background thread per process refreshes the cancel flags of all of them
+in one query a second, and writes one heartbeat for all of them every
+``SOUS_HEARTBEAT_INTERVAL`` seconds (the stuck-job reaper looks for jobs whose
+heartbeat stopped). ``should_stop()`` then only reads a flag.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 import uuid
@@ -15,48 +19,84 @@ from collections.abc import Callable
 
 from sous_core import jobs
 from sous_core.db.engine import session_scope
+from sous_core.db.models import utcnow
+from sous_core.settings import get_settings
 
-#: Seconds between two looks at the database.
+logger = logging.getLogger("sous.jobs")
+
+#: Seconds between two looks at the database for cancel requests.
 CHECK_INTERVAL = 1.0
 
 
 class CancelWatch:
     def __init__(
-        self, interval: float = CHECK_INTERVAL, clock: Callable[[], float] = time.monotonic
+        self,
+        interval: float = CHECK_INTERVAL,
+        heartbeat_interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        background: bool = True,
     ) -> None:
         self.interval = interval
+        self._background = background
+        self._heartbeat_interval = heartbeat_interval
         self._clock = clock
         self._flags: dict[uuid.UUID, bool] = {}
-        self._refreshing = threading.Lock()
-        self._checked_at = clock()
+        self._lock = threading.Lock()
+        self._beat_at = clock()
+        self._thread_pid: int | None = None
+
+    @property
+    def heartbeat_interval(self) -> float:
+        if self._heartbeat_interval is None:
+            self._heartbeat_interval = get_settings().heartbeat_interval
+        return self._heartbeat_interval
 
     def watch(self, job_id: uuid.UUID) -> None:
+        """Start watching a job that just started (its start wrote its first heartbeat)."""
         self._flags[job_id] = False
+        if self._background:
+            self._ensure_thread()
 
     def forget(self, job_id: uuid.UUID) -> None:
         self._flags.pop(job_id, None)
 
     def cancelled(self, job_id: uuid.UUID) -> bool:
-        """Whether ``job_id`` was asked to stop, as of the last look (at most ``interval`` ago)."""
-        if self._clock() - self._checked_at >= self.interval and self._refreshing.acquire(
-            blocking=False
-        ):
-            try:
-                self._refresh()
-            finally:
-                self._refreshing.release()
+        """Whether ``job_id`` was asked to stop, as of the last refresh (about a second ago)."""
         return self._flags.get(job_id, False)
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Read the cancel flags of every watched job; heartbeat them all when it is time."""
         watched = [job_id for job_id, flagged in list(self._flags.items()) if not flagged]
-        if watched:
-            with session_scope() as session:
-                stopped = jobs.cancel_requested_among(session, watched)
-            for job_id in stopped:
-                if job_id in self._flags:
-                    self._flags[job_id] = True
-        self._checked_at = self._clock()
+        beat = self._clock() - self._beat_at >= self.heartbeat_interval
+        if not watched:
+            return
+        with session_scope() as session:
+            stopped = jobs.cancel_requested_among(session, watched)
+            if beat:
+                jobs.heartbeat(session, watched, utcnow())
+        if beat:
+            self._beat_at = self._clock()
+        for job_id in stopped:
+            if job_id in self._flags:
+                self._flags[job_id] = True
+
+    def _ensure_thread(self) -> None:
+        # One thread per process; a forked pool child starts its own.
+        with self._lock:
+            if self._thread_pid == os.getpid():
+                return
+            self._thread_pid = os.getpid()
+        threading.Thread(target=self._run, name="sous-job-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                self.refresh()
+            except Exception:
+                logger.exception("refreshing running jobs' cancel flags and heartbeats failed")
 
 
-#: The watch of this process (a forked pool child starts with an empty copy of its own).
+#: The watch of this process.
 WATCH = CancelWatch()

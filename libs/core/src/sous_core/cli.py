@@ -9,7 +9,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sous_core import apikeys
+from sous_core import apikeys, maintenance, quotas
 from sous_core.brokerstats import queue_stats
 from sous_core.db import migrate
 from sous_core.db.engine import session_scope
@@ -133,6 +133,58 @@ def webhook_secret_rotate(tenant: str) -> None:
     click.echo(secret)
 
 
+@tenants.command("set-quota")
+@click.option("--tenant", required=True, help="Tenant name.")
+@click.option(
+    "--metric",
+    required=True,
+    type=click.Choice(quotas.METRICS),
+    help="What to limit: jobs of a kind (a batch fetch counts one per URL), or minutes "
+    "of transcoded input.",
+)
+@click.option(
+    "--daily-limit",
+    type=click.IntRange(min=0),
+    help="Most units per UTC day (0 refuses every job of the metric).",
+)
+@click.option("--unlimited", is_flag=True, help="Remove the limit.")
+def tenants_set_quota(tenant: str, metric: str, daily_limit: int | None, unlimited: bool) -> None:
+    """Limit what a tenant may use per UTC day; takes effect at once.
+
+    Usage counts from 00:00 UTC; a job over the limit is refused with 429 and a
+    Retry-After of the seconds until the next UTC midnight. Example:
+
+    \b
+        sous tenants set-quota --tenant acme --metric jobs:fetch --daily-limit 1000
+    """
+    if (daily_limit is None) != unlimited:
+        raise click.UsageError("give either --daily-limit N or --unlimited")
+    with session_scope() as session:
+        quotas.set_quota(session, _tenant(session, tenant).id, metric, daily_limit)
+    limit = "unlimited" if daily_limit is None else f"{daily_limit} per UTC day"
+    click.echo(f"tenant {tenant}: {metric} {limit}")
+
+
+@tenants.command("quotas")
+@click.option("--tenant", required=True, help="Tenant name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def tenants_quotas(tenant: str, as_json: bool) -> None:
+    """Each metric's daily limit and what the tenant used of it today (UTC)."""
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        statuses = quotas.quotas_of(session, _tenant(session, tenant).id, now)
+    resets_at = quotas.next_reset(now).isoformat()
+    if as_json:
+        rows = [status._asdict() for status in statuses]
+        click.echo(json.dumps({"tenant": tenant, "resets_at": resets_at, "quotas": rows}))
+        return
+    click.echo(f"{'METRIC':<26} {'DAILY LIMIT':>12} {'USED TODAY':>12}")
+    for status in statuses:
+        limit = "unlimited" if status.daily_limit is None else str(status.daily_limit)
+        click.echo(f"{status.metric:<26} {limit:>12} {status.used:>12}")
+    click.echo(f"usage resets at {resets_at}", err=True)
+
+
 @main.command("queues")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def queues(as_json: bool) -> None:
@@ -157,3 +209,41 @@ def queues(as_json: bool) -> None:
 
 def _count(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+@main.group("maintenance")
+def maintenance_group() -> None:
+    """Platform maintenance the scheduler runs on its own (retention purge, key expiry)."""
+
+
+@maintenance_group.command("list")
+def maintenance_list() -> None:
+    """Print the maintenance tasks `sous maintenance run` knows, with what each does."""
+    width = max(map(len, maintenance.TASKS), default=0)
+    for name in maintenance.TASKS:
+        click.echo(f"{name:<{width}}  {maintenance.describe(name)}")
+
+
+@maintenance_group.command("run")
+@click.argument("task_names", nargs=-1, metavar="[TASK]...")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, by task name.")
+def maintenance_run(task_names: tuple[str, ...], as_json: bool) -> None:
+    """Run TASKs now, in this process (default: every task); print what each changed.
+
+    Safe to repeat: a second run finds nothing left to do. See `sous maintenance list`.
+    """
+    unknown = [name for name in task_names if name not in maintenance.TASKS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown task {', '.join(map(repr, unknown))}; "
+            f"valid tasks: {', '.join(maintenance.TASKS)}",
+            param_hint="TASK",
+        )
+    now = datetime.now(UTC)
+    results: dict[str, object] = {}
+    for name in dict.fromkeys(task_names or maintenance.TASKS):
+        results[name] = result = maintenance.TASKS[name](now)
+        if not as_json:
+            click.echo(f"{name}: {result}")
+    if as_json:
+        click.echo(json.dumps(maintenance.jsonable(results)))

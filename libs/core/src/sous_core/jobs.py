@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sous_core import batches, webhooks
@@ -55,6 +55,9 @@ def transition(
         values.setdefault("queued_at", now)
     elif target is JobState.RUNNING:
         values.setdefault("started_at", now)
+        values.setdefault("heartbeat_at", now)
+        # A worker may start a job before the API has marked it queued: it was queued.
+        values.setdefault("queued_at", func.coalesce(Job.queued_at, now))
         values["attempts"] = Job.attempts + 1
     elif target in TERMINAL_STATES:
         values.setdefault("finished_at", now)
@@ -157,10 +160,12 @@ def list_jobs(
     kind: str | None = None,
     state: JobState | None = None,
     parent_id: uuid.UUID | None = None,
+    schedule_id: uuid.UUID | None = None,
 ) -> JobPage:
     """A tenant's jobs, newest first, ``limit`` at a time; pass ``next_cursor`` for more.
 
-    Only top-level jobs, unless ``parent_id`` asks for the children of one batch.
+    Only top-level jobs, unless ``parent_id`` asks for the children of one batch;
+    ``schedule_id`` keeps the jobs one schedule created.
     """
     statement = select(Job).where(
         Job.tenant_id == tenant_id,
@@ -170,6 +175,8 @@ def list_jobs(
         statement = statement.where(Job.kind == kind)
     if state is not None:
         statement = statement.where(Job.state == state.value)
+    if schedule_id is not None:
+        statement = statement.where(Job.schedule_id == schedule_id)
     if cursor is not None:
         created_at, job_id = decode_cursor(cursor)
         statement = statement.where(
@@ -199,6 +206,47 @@ def is_cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
 
 
 _UNSTARTED = (JobState.PENDING, JobState.QUEUED, JobState.RETRYING)
+
+
+def heartbeat(session: Session, job_ids: Collection[uuid.UUID], now: datetime) -> None:
+    """Record that the worker running these jobs is alive."""
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING.value)
+        .values(heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def stuck_jobs(
+    session: Session,
+    now: datetime,
+    silence_by_kind: dict[str, float],
+    default_silence: float,
+    limit: int = 500,
+) -> list[Job]:
+    """Running jobs whose worker has been silent longer than their kind allows.
+
+    A batch waiting for its children sends no heartbeats and is never stuck itself.
+    Rows are locked and other reapers skip them (PostgreSQL).
+    """
+    last_sign = func.coalesce(Job.heartbeat_at, Job.started_at)
+    kinds = list(silence_by_kind)
+    conditions = [
+        and_(Job.kind == kind, last_sign < now - timedelta(seconds=seconds))
+        for kind, seconds in silence_by_kind.items()
+    ]
+    conditions.append(
+        and_(Job.kind.not_in(kinds), last_sign < now - timedelta(seconds=default_silence))
+    )
+    statement = (
+        select(Job)
+        .where(Job.state == JobState.RUNNING.value, Job.children_total.is_(None), or_(*conditions))
+        .order_by(last_sign)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.execute(statement).scalars())
 
 
 def cancel_requested_among(session: Session, job_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:

@@ -62,6 +62,9 @@ class JobResource(BaseModel):
     parent_id: uuid.UUID | None = Field(
         default=None, description="The batch this job belongs to, if any."
     )
+    schedule_id: uuid.UUID | None = Field(
+        default=None, description="The schedule that created this job, if one did."
+    )
     batch: BatchProgress | None = Field(
         default=None, description="For a batch: how many of its jobs have finished."
     )
@@ -94,6 +97,7 @@ class JobResource(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             parent_id=job.parent_id,
+            schedule_id=job.schedule_id,
             batch=batch,
             callback_url=job.callback_url,
             webhook=WebhookStatus.from_delivery(webhook) if webhook is not None else None,

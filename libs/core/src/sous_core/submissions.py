@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import uuid
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -20,8 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from sous_core import jobs
-from sous_core.db.models import Job
+from sous_core import jobs, quotas
+from sous_core.db.models import Job, utcnow
 from sous_core.enqueue import BrokerUnavailable, publish_job
 from sous_core.states import IllegalTransition, JobState
 
@@ -92,9 +93,12 @@ def submit_job(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
     schedule_id: uuid.UUID | None = None,
+    now: datetime | None = None,
 ) -> tuple[Job, bool]:
     """Create and enqueue a job; returns ``(job, replayed)``.
 
+    The job is charged to the tenant's daily quota (``now``'s UTC day, the current time
+    by default) in the transaction that creates it; a replay is not charged again.
     Raises :class:`SubmissionRefused` when the job is not accepted.
     """
     key = check_idempotency_key(idempotency_key)
@@ -103,6 +107,12 @@ def submit_job(
         existing = _find_by_key(session, tenant_id, key)
         if existing is not None:
             return _replay(existing, fingerprint), True
+    now = utcnow() if now is None else now
+    try:
+        quotas.charge(session, tenant_id, kind, params, now)
+    except SubmissionRefused:
+        session.rollback()
+        raise
     job = Job(
         tenant_id=tenant_id,
         kind=kind,
@@ -137,6 +147,7 @@ def submit_job(
             "unavailable. Retry the request.",
             idempotency_key=None,
         )
+        quotas.refund(session, tenant_id, kind, params, quotas.utc_day(now))
         session.commit()
         raise SubmissionRefused(
             503,

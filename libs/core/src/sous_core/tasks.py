@@ -17,6 +17,10 @@ FETCH_BATCH_TASK = "sous.fetch_batch"
 EMAIL_TASK = "sous.email"
 HEAVY_PING_TASK = "sous.heavy.ping"
 REQUEUE_STALE_PENDING_TASK = "sous.maintenance.requeue_stale_pending"
+REAP_STUCK_JOBS_TASK = "sous.maintenance.reap_stuck_jobs"
+RESET_QUOTAS_TASK = "sous.maintenance.reset_quotas"
+EXPIRE_KEYS_TASK = "sous.maintenance.expire_keys"
+PURGE_JOBS_TASK = "sous.maintenance.purge_jobs"
 
 
 class JobKind:
@@ -39,6 +43,10 @@ TASK_ROUTES: dict[str, str] = {
     EMAIL_TASK: FAST_QUEUE,
     HEAVY_PING_TASK: HEAVY_QUEUE,
     REQUEUE_STALE_PENDING_TASK: MAINTENANCE_QUEUE,
+    REAP_STUCK_JOBS_TASK: MAINTENANCE_QUEUE,
+    RESET_QUOTAS_TASK: MAINTENANCE_QUEUE,
+    EXPIRE_KEYS_TASK: MAINTENANCE_QUEUE,
+    PURGE_JOBS_TASK: MAINTENANCE_QUEUE,
 }
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from sous_api.body_limit import BodySizeLimit
 from sous_api.errors import install_error_handlers
-from sous_api.routes import emails, fetches, health, jobs
+from sous_api.routes import emails, fetches, health, jobs, schedules
 from sous_core.celery_app import create_celery_app
 from sous_core.settings import get_settings
 
@@ -38,4 +38,5 @@ def create_app() -> FastAPI:
     app.include_router(fetches.router)
     app.include_router(emails.router)
     app.include_router(jobs.router)
+    app.include_router(schedules.router)
     return app

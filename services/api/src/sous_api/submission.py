@@ -34,6 +34,11 @@ def submit_job(
             callback_url=callback_url,
         )
     except submissions.SubmissionRefused as exc:
-        headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
-        raise ApiError(exc.status, exc.code, exc.message, headers=headers) from exc
+        raise refusal_error(exc) from exc
     return JobResource.from_job(job), replayed
+
+
+def refusal_error(exc: submissions.SubmissionRefused) -> ApiError:
+    """A refused submission in HTTP terms: its status, code and message."""
+    headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+    return ApiError(exc.status, exc.code, exc.message, headers=headers)

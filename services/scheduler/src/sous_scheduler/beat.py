@@ -1,4 +1,8 @@
-"""The scheduler's Celery app: ``celery -A sous_scheduler.beat beat`` (exactly one replica)."""
+"""The scheduler's Celery app: ``celery -A sous_scheduler.beat beat``.
+
+Beat runs :class:`sous_scheduler.scheduler.SousScheduler`, which claims every tick in
+PostgreSQL; the Helm chart runs one replica, and a second one by mistake is harmless.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ from celery.signals import setup_logging
 
 from sous_core.celery_app import create_celery_app
 from sous_core.logs import configure_logging
-from sous_core.settings import get_settings
-from sous_scheduler.schedule import maintenance_schedule
 
 app = create_celery_app("sous-scheduler", publisher_confirms=True)
-app.conf.beat_schedule = maintenance_schedule(get_settings())
+app.conf.beat_scheduler = "sous_scheduler.scheduler:SousScheduler"
+# Beat never sleeps longer than this between two looks at its schedule.
+app.conf.beat_max_loop_interval = 5
 
 
 @setup_logging.connect

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 
-from sous_core import jobs
+from sous_core import jobs, maintenance, reaper
 from sous_core.db.engine import session_scope
+from sous_core.db.models import utcnow
 from sous_core.enqueue import BrokerUnavailable, confirmed_connection, publish_job
 from sous_core.settings import get_settings
 from sous_core.states import IllegalTransition, JobState
@@ -45,3 +47,16 @@ def requeue_stale_pending(app: Celery) -> int:
     if requeued:
         logger.info("requeued %d stale pending job(s)", requeued)
     return requeued
+
+
+def reap_stuck_jobs(app: Celery) -> dict[str, Any]:
+    """The reaper, publishing over this worker's connections."""
+    report = reaper.reap_stuck_jobs(app, utcnow(), get_settings())
+    return maintenance.jsonable(report)
+
+
+def run_registered(name: str) -> Any:
+    """Run one of the maintenance tasks ``sous maintenance run`` knows, and log its outcome."""
+    result = maintenance.jsonable(maintenance.TASKS[name](utcnow()))
+    logger.info("maintenance task %s: %s", name, result)
+    return result

@@ -71,6 +71,7 @@ def _list_jobs(
     kind: str | None,
     state: JobState | None,
     parent_id: uuid.UUID | None,
+    schedule_id: uuid.UUID | None,
 ) -> JobList:
     try:
         page = jobs.list_jobs(
@@ -81,6 +82,7 @@ def _list_jobs(
             kind=kind,
             state=state,
             parent_id=parent_id,
+            schedule_id=schedule_id,
         )
     except jobs.InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
@@ -101,12 +103,15 @@ async def list_jobs(
     parent_id: Annotated[
         uuid.UUID | None, Query(description="Only the jobs of this batch (default: no batch jobs).")
     ] = None,
+    schedule_id: Annotated[
+        uuid.UUID | None, Query(description="Only the jobs this schedule created.")
+    ] = None,
 ) -> JobList:
     """The tenant's jobs, newest first; follow ``next_cursor`` for older ones.
 
     The jobs a batch fanned out into are listed only with ``parent_id``.
     """
-    return await run_db(_list_jobs, principal, limit, cursor, kind, state, parent_id)
+    return await run_db(_list_jobs, principal, limit, cursor, kind, state, parent_id, schedule_id)
 
 
 def _output_file(session: Session, principal: Principal, job_id: uuid.UUID) -> tuple[Path, str]:
