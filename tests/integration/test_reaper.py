@@ -54,8 +54,9 @@ def test_a_silent_job_is_requeued_once_then_failed(tmp_path: Path, origin: Origi
 
             stack.start_fast_worker("worker-c")
             failed = wait_until(
-                lambda: (job := client.get(f"/v1/jobs/{job_id}").json())["state"] != "running"
-                and job,
+                lambda: (
+                    (job := client.get(f"/v1/jobs/{job_id}").json())["state"] != "running" and job
+                ),
                 40,
                 "the reaper to fail the job",
             )
