@@ -60,9 +60,7 @@ def test_two_schedulers_fire_every_tick_once(tmp_path: Path, origin: Origin) -> 
         # One run and one job per tick, ticks EVERY seconds apart with none missing.
         ticks = sorted(datetime.fromisoformat(run["tick"]) for run in fired)
         assert len(ticks) == len(set(ticks))
-        assert all(
-            b - a == timedelta(seconds=EVERY) for a, b in itertools.pairwise(ticks)
-        )
+        assert all(b - a == timedelta(seconds=EVERY) for a, b in itertools.pairwise(ticks))
         assert ticks[0] >= started - timedelta(seconds=1)
         assert all(run["outcome"] == "submitted" for run in fired)
         assert sorted(run["job_id"] for run in fired) == sorted(job["id"] for job in jobs)

@@ -137,6 +137,16 @@ class Settings(BaseSettings):
     #: A tick this many seconds late still fires; older ones follow the schedule's policy
     #: for missed ticks (``skip``, or ``catch_up`` with one run).
     schedule_misfire_grace: float = Field(default=60.0, gt=0)
+    #: Largest upload a transcode accepts, in bytes (413 past it).
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    #: Longest input a transcode accepts, in seconds.
+    transcode_max_duration: float = Field(default=4 * 3600.0, gt=0)
+    #: Largest input width or height a transcode accepts, in pixels.
+    transcode_max_dimension: int = Field(default=4096, ge=16)
+    #: A transcode may take this many times its (trimmed) input's duration, but at least
+    #: ``transcode_min_time_limit`` seconds; past it ffmpeg is stopped and the job fails.
+    transcode_time_factor: float = Field(default=10.0, gt=0)
+    transcode_min_time_limit: float = Field(default=120.0, gt=0)
     #: Log level of every Sous process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Optional RabbitMQ management API base URL, for ``sous queues`` unacked counts.
