@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit check fmt services bench bench-quick
+.PHONY: help install run test test-unit check fmt services tools bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -12,28 +12,31 @@ install: ## Install uv if missing, then every workspace member and the dev tools
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --frozen --all-packages
 
-run: install ## Run the API, both workers, the scheduler and Flower in the foreground
+run: install tools ## Run the API, both workers, the scheduler and Flower in the foreground
 	@$(UV) run --frozen python scripts/devstack.py
 
 services: ## Start RabbitMQ, Redis and PostgreSQL if they are down (as root)
 	@bash scripts/ensure_services.sh
 
-test: install services ## Run the whole suite against the real services
+tools: ## Install ffmpeg/ffprobe if missing (as root, with apt-get)
+	@bash scripts/ensure_tools.sh
+
+test: install services tools ## Run the whole suite against the real services
 	@$(UV) run --frozen pytest
 
-test-unit: install ## Run only the tests that need no services
+test-unit: install tools ## Run only the tests that need no services (ffmpeg is a tool, not a service)
 	@$(UV) run --frozen pytest libs services tests/test_architecture.py
 
-bench: install services ## Run the benchmarks (minutes); results in bench/README.md and results.json
+bench: install services tools ## Run the benchmarks (minutes); results in bench/README.md and results.json
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 5 --emails 500
 
-bench-quick: install services ## A one-minute smoke run of the benchmarks
+bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
 
 check: install ## Format check, lint and type check, as in CI
 	@$(UV) run --frozen ruff format --check .
 	@$(UV) run --frozen ruff check .
-	@$(UV) run --frozen mypy libs/core/src services/api/src services/worker-fast/src services/worker-heavy/src services/scheduler/src
+	@$(UV) run --frozen mypy libs/core/src libs/fetch/src services/api/src services/worker-fast/src services/worker-heavy/src services/scheduler/src
 
 fmt: install ## Format the code and apply safe lint fixes
 	@$(UV) run --frozen ruff format .

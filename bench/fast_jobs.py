@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "scripts")]
 
 from sous_core.netguard import parse_networks  # noqa: E402
-from sous_worker_fast.fetching import FetchLimits, fetch_url  # noqa: E402
+from sous_fetch.fetching import FetchLimits, fetch_url  # noqa: E402
 from support.sinks import SmtpSink  # noqa: E402
 from support.stack import Origin, make_stack, wait_until  # noqa: E402
 

@@ -40,4 +40,10 @@ def test_core_imports_no_service() -> None:
 
 def test_api_and_scheduler_images_stay_free_of_worker_dependencies() -> None:
     for service in ("sous_api", "sous_scheduler"):
-        assert {"gevent", "httpx", "ffmpeg"} & imported_packages(SERVICES[service]) == set()
+        assert {"gevent", "httpx", "ffmpeg", "sous_fetch"} & imported_packages(
+            SERVICES[service]
+        ) == set()
+
+
+def test_core_stays_free_of_worker_dependencies() -> None:
+    assert {"gevent", "httpx", "ffmpeg"} & imported_packages(CORE) == set()

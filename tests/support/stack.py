@@ -113,6 +113,12 @@ class Stack:
         proc.wait_for_log(r"ready\.", 60)
         return proc
 
+    def start_heavy_worker(self, label: str = "worker-heavy", concurrency: int = 2) -> Proc:
+        argv = process_commands.worker_heavy(concurrency, f"{label}-{secrets.token_hex(3)}@%h")
+        proc = self.start(label, *argv, "--without-mingle", "--without-gossip")
+        proc.wait_for_log(r"ready\.", 60)
+        return proc
+
     def queue_stats(self) -> dict[str, dict[str, Any]]:
         """``sous queues --json`` by queue name (asserting it read the management API)."""
         stats = json.loads(self.run("sous", "queues", "--json").stdout)

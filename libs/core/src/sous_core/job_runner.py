@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from celery import Celery, Task
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from sous_core import cancel_watch, jobs
 from sous_core.db.engine import session_scope
+from sous_core.db.models import utcnow
 from sous_core.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
 from sous_core.settings import get_settings
 from sous_core.states import IllegalTransition, JobState
@@ -80,10 +82,14 @@ class JobContext:
             "it was not repeated. Check the outcome before submitting again.",
         )
 
-    def set_progress(self, percent: int) -> None:
+    def set_progress(self, percent: float, eta_seconds: float | None = None) -> None:
+        """Record progress 0-100 and, if known, the seconds left (the job's ``eta_at``)."""
         percent = max(0, min(100, int(percent)))
+        eta_at = None
+        if eta_seconds is not None:
+            eta_at = utcnow() + timedelta(seconds=max(0.0, eta_seconds))
         with session_scope() as session:
-            jobs.set_progress(session, self.job_id, percent)
+            jobs.set_progress(session, self.job_id, percent, eta_at)
 
 
 def retry_delay(retries: int, base: float, cap: float) -> int:

@@ -61,6 +61,7 @@ def transition(
         values["attempts"] = Job.attempts + 1
     elif target in TERMINAL_STATES:
         values.setdefault("finished_at", now)
+        values.setdefault("eta_at", None)
         if target is JobState.SUCCEEDED:
             values.setdefault("progress", 100)
     sources = sources_of(target)
@@ -339,12 +340,16 @@ def record_result(session: Session, job_id: uuid.UUID, result: dict[str, Any]) -
     return row is not None
 
 
-def set_progress(session: Session, job_id: uuid.UUID, percent: int) -> None:
-    """Record progress of a running job; ignored once the job has left ``running``."""
+def set_progress(
+    session: Session, job_id: uuid.UUID, percent: int, eta_at: datetime | None = None
+) -> None:
+    """Record progress (and the expected finish) of a running job; ignored once it left
+    ``running``. Also a heartbeat."""
+    now = utcnow()
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
-        .values(progress=percent, updated_at=utcnow())
+        .values(progress=percent, eta_at=eta_at, updated_at=now, heartbeat_at=now)
         .execution_options(synchronize_session=False)
     )
 

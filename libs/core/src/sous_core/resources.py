@@ -59,6 +59,9 @@ class JobResource(BaseModel):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    eta_at: datetime | None = Field(
+        default=None, description="When a running job expects to finish (its worker's estimate)."
+    )
     parent_id: uuid.UUID | None = Field(
         default=None, description="The batch this job belongs to, if any."
     )
@@ -96,6 +99,7 @@ class JobResource(BaseModel):
             queued_at=job.queued_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            eta_at=job.eta_at,
             parent_id=job.parent_id,
             schedule_id=job.schedule_id,
             batch=batch,

@@ -15,6 +15,7 @@ from sous_core.queues import FAST_QUEUE, HEAVY_QUEUE, MAINTENANCE_QUEUE
 FETCH_TASK = "sous.fetch"
 FETCH_BATCH_TASK = "sous.fetch_batch"
 EMAIL_TASK = "sous.email"
+TRANSCODE_TASK = "sous.transcode"
 HEAVY_PING_TASK = "sous.heavy.ping"
 REQUEUE_STALE_PENDING_TASK = "sous.maintenance.requeue_stale_pending"
 REAP_STUCK_JOBS_TASK = "sous.maintenance.reap_stuck_jobs"
@@ -27,6 +28,7 @@ class JobKind:
     FETCH = "fetch"
     FETCH_BATCH = "fetch_batch"
     EMAIL = "email"
+    TRANSCODE = "transcode"
 
 
 #: Which task runs a job of each kind.
@@ -34,6 +36,7 @@ TASK_FOR_KIND: dict[str, str] = {
     JobKind.FETCH: FETCH_TASK,
     JobKind.FETCH_BATCH: FETCH_BATCH_TASK,
     JobKind.EMAIL: EMAIL_TASK,
+    JobKind.TRANSCODE: TRANSCODE_TASK,
 }
 
 #: Which queue each task goes to; a task missing here is refused when published.
@@ -41,6 +44,7 @@ TASK_ROUTES: dict[str, str] = {
     FETCH_TASK: FAST_QUEUE,
     FETCH_BATCH_TASK: FAST_QUEUE,
     EMAIL_TASK: FAST_QUEUE,
+    TRANSCODE_TASK: HEAVY_QUEUE,
     HEAVY_PING_TASK: HEAVY_QUEUE,
     REQUEUE_STALE_PENDING_TASK: MAINTENANCE_QUEUE,
     REAP_STUCK_JOBS_TASK: MAINTENANCE_QUEUE,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sous_core.params import MAX_URL_LENGTH, check_fetch_url
 
 
 @dataclass(frozen=True)
@@ -98,3 +100,35 @@ class TranscodeOptions(BaseModel):
     @property
     def spec(self) -> Preset:
         return PRESETS[self.preset]
+
+
+class UploadSource(BaseModel):
+    """A file uploaded to the API, waiting in the storage's uploads folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload: str = Field(pattern=r"^[0-9a-f]{32}$")
+    filename: str = Field(default="", max_length=255)
+    size_bytes: int = Field(ge=0)
+
+
+class UrlSource(BaseModel):
+    """A URL the worker downloads, under the same address rules as fetches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=MAX_URL_LENGTH)
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        return check_fetch_url(url)
+
+
+class TranscodeParams(BaseModel):
+    """A transcode job's parameters: where the input is, and what to make of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: UploadSource | UrlSource
+    options: TranscodeOptions

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from sous_api.body_limit import BodySizeLimit
 from sous_api.errors import install_error_handlers
-from sous_api.routes import emails, fetches, health, jobs, schedules
+from sous_api.routes import emails, events, fetches, health, jobs, schedules, transcodes
 from sous_core.celery_app import create_celery_app
 from sous_core.settings import get_settings
 
@@ -33,10 +33,17 @@ def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title="Sous", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        upload_paths={transcodes.router.prefix},
+    )
     app.include_router(health.router)
     app.include_router(fetches.router)
     app.include_router(emails.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(transcodes.router)
+    app.include_router(transcodes.presets_router)
     app.include_router(schedules.router)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,17 +23,25 @@ def too_large_message(max_bytes: int) -> str:
 
 
 class BodySizeLimit:
-    """ASGI middleware: checks ``Content-Length`` up front and counts chunked bodies."""
+    """ASGI middleware: checks ``Content-Length`` up front and counts chunked bodies.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``POST`` multipart bodies to ``upload_paths`` pass through untouched: their route
+    streams them to disk and enforces a limit of its own (``SOUS_MAX_UPLOAD_BYTES``).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_paths: Collection[str] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_paths = frozenset(upload_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        if self._is_upload(scope, headers):
+            await self.app(scope, receive, send)
+            return
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._reject(send)
@@ -59,6 +68,12 @@ class BodySizeLimit:
         except BodyTooLarge:
             if not response_started:
                 await self._reject(send)
+
+    def _is_upload(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
+        if scope.get("method") != "POST" or scope.get("path") not in self.upload_paths:
+            return False
+        media_type = headers.get(b"content-type", b"").partition(b";")[0]
+        return media_type.strip().lower() == b"multipart/form-data"
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(

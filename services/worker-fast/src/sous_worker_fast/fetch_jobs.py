@@ -18,7 +18,7 @@ from sous_core.params import FetchBatchParams, FetchParams
 from sous_core.settings import get_settings
 from sous_core.states import JobState
 from sous_core.tasks import JobKind
-from sous_worker_fast.fetching import FetchLimits, HostLimiter, fetch_url
+from sous_fetch.fetching import FetchLimits, HostLimiter, fetch_url
 
 logger = logging.getLogger("sous.fetch")
 

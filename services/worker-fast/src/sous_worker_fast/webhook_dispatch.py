@@ -18,7 +18,7 @@ from sous_core.db.engine import session_scope
 from sous_core.errors import JobError
 from sous_core.resources import JobResource
 from sous_core.settings import get_settings
-from sous_worker_fast.fetching import post_json
+from sous_fetch.fetching import post_json
 
 logger = logging.getLogger("sous.webhooks")
 

@@ -145,6 +145,8 @@ class Job(Base):
     )
     #: Last sign of life from the worker running the job (the stuck-job reaper reads it).
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When the running job expects to finish, as its worker last estimated.
+    eta_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: Times the reaper re-queued this job after its worker went silent.
     reaped: Mapped[int] = mapped_column(SmallInteger, default=0)
 

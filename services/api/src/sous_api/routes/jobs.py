@@ -1,15 +1,19 @@
-"""``/v1/jobs``: read, list and cancel a tenant's jobs."""
+"""``/v1/jobs``: read, list and cancel a tenant's jobs; download their outputs."""
 
 from __future__ import annotations
 
+import io
 import logging
 import uuid
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +25,7 @@ from sous_core.apikeys import Principal
 from sous_core.db.models import Job
 from sous_core.settings import get_settings
 from sous_core.states import JobState
+from sous_core.tasks import JobKind
 
 logger = logging.getLogger("sous.api")
 
@@ -53,14 +58,15 @@ def _resource(session: Session, job: Job) -> JobResource:
     return JobResource.from_job(job, webhooks.deliveries_for(session, [job.id]).get(job.id))
 
 
-def _read_job(session: Session, principal: Principal, job_id: uuid.UUID) -> JobResource:
+def read_job(session: Session, principal: Principal, job_id: uuid.UUID) -> JobResource:
+    """The principal's job as clients see it, or a 404."""
     return _resource(session, _tenant_job(session, principal, job_id))
 
 
 @router.get("/{job_id}", response_model=JobResource)
 async def get_job(job_id: uuid.UUID, principal: PrincipalDep) -> JobResource:
     """A job's state, progress, timestamps, attempts, and result or error."""
-    return await run_db(_read_job, principal, job_id)
+    return await run_db(read_job, principal, job_id)
 
 
 def _list_jobs(
@@ -114,7 +120,29 @@ async def list_jobs(
     return await run_db(_list_jobs, principal, limit, cursor, kind, state, parent_id, schedule_id)
 
 
-def _output_file(session: Session, principal: Principal, job_id: uuid.UUID) -> tuple[Path, str]:
+#: Headers of every stored file served: its bytes came from elsewhere, so a browser must
+#: never run them as this API's page.
+UNTRUSTED_FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+HLS_CONTENT_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t"}
+#: Bytes read from a file at a time while zipping an HLS output.
+ZIP_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """A succeeded job's output: one file at ``path``, or HLS ``files`` in the ``path`` folder."""
+
+    path: Path
+    content_type: str
+    filename: str
+    hls_files: tuple[str, ...] = ()
+
+
+def _output_gone(job_id: uuid.UUID) -> ApiError:
+    return ApiError(410, "output_gone", f"The output of job {job_id} is no longer stored.")
+
+
+def _succeeded_output(session: Session, principal: Principal, job_id: uuid.UUID) -> dict[str, Any]:
     job = _tenant_job(session, principal, job_id)
     output = (job.result or {}).get("output")
     if job.state != JobState.SUCCEEDED.value or not isinstance(output, dict):
@@ -124,28 +152,160 @@ def _output_file(session: Session, principal: Principal, job_id: uuid.UUID) -> t
             f"Job {job_id} has no stored output (it is {job.state}; fetches store their "
             'body only with "store_body": true).',
         )
-    path = storage.output_path(get_settings().storage_dir, job.id)
+    return output
+
+
+def _hls_files(output: dict[str, Any]) -> tuple[str, ...]:
+    """The HLS file names a result lists, plain names only (never a path)."""
+    files = output.get("files") if output.get("kind") == "hls" else None
+    if not isinstance(files, list):
+        return ()
+    return tuple(
+        name
+        for name in files
+        if isinstance(name, str)
+        and name
+        and "/" not in name
+        and "\\" not in name
+        and not name.startswith(".")
+    )
+
+
+def _stored_output(session: Session, principal: Principal, job_id: uuid.UUID) -> StoredOutput:
+    output = _succeeded_output(session, principal, job_id)
+    storage_dir = get_settings().storage_dir
+    if output.get("kind") == "hls":
+        folder = storage.hls_dir(storage_dir, job_id)
+        names = _hls_files(output)
+        if not names or not all((folder / name).is_file() for name in names):
+            raise _output_gone(job_id)
+        return StoredOutput(folder, "application/zip", f"{job_id}-hls.zip", names)
+    path = storage.output_path(storage_dir, job_id)
     if not path.is_file():
-        raise ApiError(410, "output_gone", f"The output of job {job_id} is no longer stored.")
-    return path, str(output.get("content_type") or "application/octet-stream")
+        raise _output_gone(job_id)
+    return StoredOutput(
+        path,
+        str(output.get("content_type") or "application/octet-stream"),
+        str(output.get("filename") or f"{job_id}.out"),
+    )
+
+
+class _ZipSink(io.RawIOBase):
+    """A stream zipfile writes into without seeking; ``take`` hands over what it wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._chunks.append(bytes(data))
+        return len(self._chunks[-1])
+
+    def take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+
+def zip_stream(folder: Path, names: Sequence[str]) -> Iterator[bytes]:
+    """A zip of ``names`` in ``folder``, made while it is sent (stored: video is compressed)."""
+    sink = _ZipSink()
+    with zipfile.ZipFile(sink, "w") as archive:
+        for name in names:
+            path = folder / name
+            with (
+                path.open("rb") as source,
+                archive.open(zipfile.ZipInfo.from_file(path, name), "w") as entry,
+            ):
+                while chunk := source.read(ZIP_CHUNK_BYTES):
+                    entry.write(chunk)
+                    yield sink.take()
+    yield sink.take()
 
 
 @router.get(
     "/{job_id}/output",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}, "application/zip": {}}}},
 )
-async def download_output(job_id: uuid.UUID, principal: PrincipalDep) -> FileResponse:
-    """The job's stored output (a fetched body, a transcoded file), streamed."""
-    path, content_type = await run_db(_output_file, principal, job_id)
+async def download_output(job_id: uuid.UUID, principal: PrincipalDep) -> Response:
+    """The job's stored output, streamed: a fetched body, a transcoded file, or for an
+    HLS transcode a zip of the playlist and its segments."""
+    output = await run_db(_stored_output, principal, job_id)
+    if output.hls_files:
+        return StreamingResponse(
+            zip_stream(output.path, output.hls_files),
+            media_type=output.content_type,
+            headers={
+                **UNTRUSTED_FILE_HEADERS,
+                "Content-Disposition": f'attachment; filename="{output.filename}"',
+            },
+        )
     return FileResponse(
-        path,
-        media_type=content_type,
-        filename=f"{job_id}.out",
+        output.path,
+        media_type=output.content_type,
+        filename=output.filename,
         content_disposition_type="attachment",
-        # The bytes came from elsewhere: never let a browser run them as this API's page.
-        headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"},
+        headers=UNTRUSTED_FILE_HEADERS,
     )
+
+
+def _hls_file(session: Session, principal: Principal, job_id: uuid.UUID, name: str) -> Path:
+    output = _succeeded_output(session, principal, job_id)
+    if name not in _hls_files(output):
+        raise ApiError(
+            404,
+            "no_such_file",
+            f"The output of job {job_id} has no file named {name[:100]!r}; an HLS output "
+            "lists its files in result.output.files.",
+        )
+    path = storage.hls_dir(get_settings().storage_dir, job_id) / name
+    if not path.is_file():
+        raise _output_gone(job_id)
+    return path
+
+
+@router.get(
+    "/{job_id}/output/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {media_type: {} for media_type in HLS_CONTENT_TYPES.values()}}},
+)
+async def download_output_file(job_id: uuid.UUID, name: str, principal: PrincipalDep) -> Response:
+    """One file of an HLS output (``index.m3u8``, ``seg_000.ts``...), as listed in
+    ``result.output.files``. The playlist names its segments relative to itself, so a
+    player that sends the API key can play ``.../output/index.m3u8`` directly."""
+    path = await run_db(_hls_file, principal, job_id, name)
+    media_type = HLS_CONTENT_TYPES.get(path.suffix, "application/octet-stream")
+    return FileResponse(path, media_type=media_type, headers=UNTRUSTED_FILE_HEADERS)
+
+
+def _thumbnail_file(session: Session, principal: Principal, job_id: uuid.UUID) -> Path:
+    job = _tenant_job(session, principal, job_id)
+    if not isinstance((job.result or {}).get("thumbnail"), dict):
+        raise ApiError(
+            404,
+            "no_thumbnail",
+            f"Job {job_id} has no thumbnail (a transcode makes one when its options "
+            "name thumbnail_at).",
+        )
+    path = storage.thumbnail_path(get_settings().storage_dir, job_id)
+    if not path.is_file():
+        raise _output_gone(job_id)
+    return path
+
+
+@router.get(
+    "/{job_id}/thumbnail",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+async def download_thumbnail(job_id: uuid.UUID, principal: PrincipalDep) -> Response:
+    """The JPEG thumbnail a transcode made (``options.thumbnail_at``)."""
+    path = await run_db(_thumbnail_file, principal, job_id)
+    return FileResponse(path, media_type="image/jpeg", headers=UNTRUSTED_FILE_HEADERS)
 
 
 def _cancel_job(session: Session, principal: Principal, job_id: uuid.UUID) -> JobResource:
@@ -163,7 +323,16 @@ async def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, celery: CeleryD
     job = await run_db(_cancel_job, principal, job_id)
     if job.state is JobState.CANCELLED:
         await run_in_threadpool(_revoke, celery, job.id)
+        await run_in_threadpool(_drop_upload, job)
     return job
+
+
+def _drop_upload(job: JobResource) -> None:
+    # A job cancelled before it ran never reaches the worker that would delete its upload.
+    source = job.params.get("source") if job.kind == JobKind.TRANSCODE else None
+    upload_id = source.get("upload") if isinstance(source, dict) else None
+    if isinstance(upload_id, str):
+        storage.upload_path(get_settings().storage_dir, upload_id).unlink(missing_ok=True)
 
 
 def _revoke(celery: Celery, job_id: uuid.UUID) -> None:

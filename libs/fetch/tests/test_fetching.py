@@ -18,7 +18,7 @@ import pytest
 
 from sous_core.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
 from sous_core.netguard import parse_networks
-from sous_worker_fast.fetching import (
+from sous_fetch.fetching import (
     WEBHOOK_USER_AGENT,
     FetchLimits,
     HostLimiter,

@@ -14,7 +14,7 @@ import pytest
 
 from sous_core.errors import PermanentJobError
 from sous_core.netguard import is_public_address, parse_networks
-from sous_worker_fast.fetching import FetchLimits, fetch_url
+from sous_fetch.fetching import FetchLimits, fetch_url
 
 # A wrong answer would connect and wait for this before failing the code check.
 LIMITS = FetchLimits(timeout_seconds=2.0, total_timeout_seconds=2.0)
