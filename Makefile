@@ -29,9 +29,11 @@ test-unit: install tools ## Run only the tests that need no services (ffmpeg is 
 
 bench: install services tools ## Run the benchmarks (minutes); results in bench/README.md and results.json
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 5 --emails 500
+	@$(UV) run --frozen python bench/transcodes.py
 
 bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
+	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --no-save
 
 check: install ## Format check, lint and type check, as in CI
 	@$(UV) run --frozen ruff format --check .
