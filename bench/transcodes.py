@@ -97,7 +97,9 @@ def throughput(client: httpx.Client, clip: Path, seconds: float, jobs: int) -> f
 
 
 def with_pool(tmp: Path, processes: int, action: Callable[[httpx.Client], float]) -> float:
-    with make_stack(tmp / f"pool{processes}", SOUS_MAX_UPLOAD_BYTES=str(4 * 1024**3)) as stack:
+    workdir = tmp / f"pool{processes}"
+    workdir.mkdir(exist_ok=True)
+    with make_stack(workdir, SOUS_MAX_UPLOAD_BYTES=str(4 * 1024**3)) as stack:
         stack.start_heavy_worker(concurrency=processes)
         api = stack.start_api()
         with api.client(stack.create_key("bench")) as client:
