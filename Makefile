@@ -33,7 +33,7 @@ bench: install services tools ## Run the benchmarks (minutes); results in bench/
 
 bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
-	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --no-save
+	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --runs 1 --no-save
 
 check: install ## Format check, lint and type check, as in CI
 	@$(UV) run --frozen ruff format --check .
