@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from sous_core.db.engine import session_scope
 from sous_core.db.models import ApiKey, Job, Schedule, ScheduleRun, WebhookDelivery
 from sous_core.settings import get_settings
 from sous_core.states import JobState
-from sous_core.storage import job_dir
+from sous_core.storage import job_dir, uploads_dir
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=31)
@@ -286,3 +287,49 @@ def test_cli_help(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage:" in result.output
+
+
+def add_transcode(tenant_id: uuid.UUID, state: JobState, upload: str) -> None:
+    with session_scope() as session:
+        session.add(
+            Job(
+                tenant_id=tenant_id,
+                kind="transcode",
+                params={
+                    "source": {"upload": upload, "filename": "a.mp4", "size_bytes": 1},
+                    "options": {"preset": "audio-aac"},
+                },
+                state=state.value,
+            )
+        )
+
+
+def test_orphan_uploads_are_swept_and_uploads_in_use_kept(
+    tenant_id: uuid.UUID, storage_dir: Path
+) -> None:
+    folder = uploads_dir(storage_dir)
+    folder.mkdir(parents=True)
+    names = {name: uuid.uuid4().hex for name in ("queued", "finished", "unknown", "fresh")}
+    for name, upload in names.items():
+        (folder / upload).write_bytes(b"video")
+    (folder / ".abc.partial").write_bytes(b"half")
+    add_transcode(tenant_id, JobState.QUEUED, names["queued"])
+    add_transcode(tenant_id, JobState.CANCELLED, names["finished"])
+    now = datetime.now(UTC) + timedelta(hours=25)
+    fresh = (folder / names["fresh"]).stat()
+    # "fresh" was written just before the sweep looked: younger than the cutoff.
+    os.utime(folder / names["fresh"], (fresh.st_atime, now.timestamp() - 60))
+
+    report = maintenance.sweep_orphan_uploads(
+        now, storage_dir=storage_dir, older_than=timedelta(hours=24)
+    )
+
+    assert sorted(report.removed) == sorted([names["finished"], names["unknown"], ".abc.partial"])
+    assert report.kept_in_use == 1
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [names["queued"], names["fresh"]]
+    )
+    again = maintenance.sweep_orphan_uploads(
+        now, storage_dir=storage_dir, older_than=timedelta(hours=24)
+    )
+    assert again.removed == []

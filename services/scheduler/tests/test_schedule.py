@@ -11,6 +11,7 @@ from sous_core.tasks import (
     REAP_STUCK_JOBS_TASK,
     REQUEUE_STALE_PENDING_TASK,
     RESET_QUOTAS_TASK,
+    SWEEP_UPLOADS_TASK,
     TASK_ROUTES,
 )
 from sous_scheduler.schedule import every, maintenance_schedule
@@ -32,6 +33,7 @@ def test_every_entry_is_a_maintenance_task_with_its_configured_times() -> None:
         "reset-quotas": RESET_QUOTAS_TASK,
         "expire-keys": EXPIRE_KEYS_TASK,
         "purge-jobs": PURGE_JOBS_TASK,
+        "sweep-uploads": SWEEP_UPLOADS_TASK,
     }
     assert all(TASK_ROUTES[entry.task] == "maintenance" for entry in entries.values())
     assert entries["requeue-stale-pending"].expires == 30

@@ -34,8 +34,9 @@ from sous_core.db.engine import get_engine, session_scope
 from sous_core.db.models import ApiKey, Job, Tenant
 from sous_core.reaper import reap_stuck_jobs
 from sous_core.settings import get_settings
-from sous_core.states import TERMINAL_STATES
-from sous_core.storage import job_dir
+from sous_core.states import TERMINAL_STATES, JobState
+from sous_core.storage import job_dir, uploads_dir
+from sous_core.tasks import JobKind
 
 logger = logging.getLogger("sous.maintenance")
 
@@ -376,3 +377,52 @@ def _reap_stuck_jobs(now: datetime) -> object:
         return reap_stuck_jobs(app, now, get_settings())
     finally:
         app.pool.force_close_all()
+
+
+@dataclass(frozen=True)
+class UploadSweepReport:
+    removed: list[str]
+    kept_in_use: int
+
+
+def sweep_orphan_uploads(
+    now: datetime, *, storage_dir: Path, older_than: timedelta
+) -> UploadSweepReport:
+    """Delete uploads no unfinished job needs, older than ``older_than`` (and stale partials).
+
+    A transcode deletes its upload when it ends; what is left belongs to a job that was
+    cancelled or purged before it ran, or to an API that died mid-upload.
+    """
+    folder = uploads_dir(storage_dir)
+    if not folder.is_dir():
+        return UploadSweepReport(removed=[], kept_in_use=0)
+    unfinished = [state.value for state in JobState if state not in TERMINAL_STATES]
+    with session_scope() as session:
+        params = session.execute(
+            select(Job.params).where(Job.kind == JobKind.TRANSCODE, Job.state.in_(unfinished))
+        ).scalars()
+        in_use = {
+            str(source.get("upload"))
+            for source in (p.get("source") or {} for p in params)
+            if isinstance(source, dict) and source.get("upload")
+        }
+    cutoff = (now - older_than).timestamp()
+    removed, kept = [], 0
+    for path in folder.iterdir():
+        if not path.is_file() or path.stat().st_mtime > cutoff:
+            continue
+        if path.name in in_use:
+            kept += 1
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+        logger.info("removed orphan upload %s", path.name)
+    return UploadSweepReport(removed=removed, kept_in_use=kept)
+
+
+@register("sweep-uploads")
+def _sweep_uploads(now: datetime) -> UploadSweepReport:
+    """Delete uploads older than a day that no unfinished transcode needs."""
+    return sweep_orphan_uploads(
+        now, storage_dir=get_settings().storage_dir, older_than=timedelta(hours=24)
+    )

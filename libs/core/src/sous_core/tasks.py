@@ -22,6 +22,7 @@ REAP_STUCK_JOBS_TASK = "sous.maintenance.reap_stuck_jobs"
 RESET_QUOTAS_TASK = "sous.maintenance.reset_quotas"
 EXPIRE_KEYS_TASK = "sous.maintenance.expire_keys"
 PURGE_JOBS_TASK = "sous.maintenance.purge_jobs"
+SWEEP_UPLOADS_TASK = "sous.maintenance.sweep_uploads"
 
 
 class JobKind:
@@ -51,6 +52,7 @@ TASK_ROUTES: dict[str, str] = {
     RESET_QUOTAS_TASK: MAINTENANCE_QUEUE,
     EXPIRE_KEYS_TASK: MAINTENANCE_QUEUE,
     PURGE_JOBS_TASK: MAINTENANCE_QUEUE,
+    SWEEP_UPLOADS_TASK: MAINTENANCE_QUEUE,
 }
 
 

@@ -15,6 +15,7 @@ from sous_core.tasks import (
     REAP_STUCK_JOBS_TASK,
     REQUEUE_STALE_PENDING_TASK,
     RESET_QUOTAS_TASK,
+    SWEEP_UPLOADS_TASK,
 )
 
 
@@ -67,4 +68,5 @@ def maintenance_schedule(settings: Settings) -> list[MaintenanceEntry]:
         ),
         MaintenanceEntry("expire-keys", EXPIRE_KEYS_TASK, on_cron(settings.key_expiry_cron, zone)),
         MaintenanceEntry("purge-jobs", PURGE_JOBS_TASK, on_cron(settings.retention_cron, zone)),
+        MaintenanceEntry("sweep-uploads", SWEEP_UPLOADS_TASK, every(3600), expires=3600),
     ]

@@ -20,6 +20,7 @@ from sous_core.tasks import (
     REAP_STUCK_JOBS_TASK,
     REQUEUE_STALE_PENDING_TASK,
     RESET_QUOTAS_TASK,
+    SWEEP_UPLOADS_TASK,
 )
 from sous_worker_fast import green_loop, maintenance
 from sous_worker_fast.email_jobs import run_email
@@ -74,3 +75,9 @@ def expire_keys_task() -> Any:
 def purge_jobs_task() -> Any:
     """Delete finished jobs and their outputs past the retention period; VACUUM ANALYZE."""
     return maintenance.run_registered("purge-jobs")
+
+
+@app.task(name=SWEEP_UPLOADS_TASK)
+def sweep_uploads_task() -> Any:
+    """Delete uploads that no unfinished transcode needs."""
+    return maintenance.run_registered("sweep-uploads")
