@@ -310,7 +310,7 @@ def test_orphan_uploads_are_swept_and_uploads_in_use_kept(
     folder = uploads_dir(storage_dir)
     folder.mkdir(parents=True)
     names = {name: uuid.uuid4().hex for name in ("queued", "finished", "unknown", "fresh")}
-    for name, upload in names.items():
+    for upload in names.values():
         (folder / upload).write_bytes(b"video")
     (folder / ".abc.partial").write_bytes(b"half")
     add_transcode(tenant_id, JobState.QUEUED, names["queued"])
