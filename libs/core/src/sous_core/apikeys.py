@@ -7,9 +7,9 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from sous_core.db.models import ApiKey, Tenant, utcnow
@@ -109,3 +109,26 @@ def list_keys(session: Session, tenant_name: str | None = None) -> list[tuple[Ap
     if tenant_name is not None:
         statement = statement.where(Tenant.name == tenant_name)
     return [(key, name) for key, name in session.execute(statement.order_by(ApiKey.created_at))]
+
+
+@dataclass(frozen=True)
+class KeyCounts:
+    """Keys by status, for the metrics: usable now, and usable but expiring soon."""
+
+    active: int
+    expiring_soon: int
+
+
+def key_counts(session: Session, now: datetime, warning_days: int) -> KeyCounts:
+    """How many keys are usable, and how many of them expire within ``warning_days``."""
+    usable = and_(
+        ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
+    )
+    soon = and_(usable, ApiKey.expires_at <= now + timedelta(days=warning_days))
+    active, expiring = session.execute(
+        select(
+            func.count().filter(usable),
+            func.count().filter(soon),
+        ).select_from(ApiKey)
+    ).one()
+    return KeyCounts(active=int(active), expiring_soon=int(expiring))

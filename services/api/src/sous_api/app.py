@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
+from sous_api import metrics
 from sous_api.body_limit import BodySizeLimit
 from sous_api.errors import install_error_handlers
 from sous_api.routes import emails, events, fetches, health, jobs, schedules, transcodes
@@ -39,6 +40,7 @@ def create_app() -> FastAPI:
         upload_paths={transcodes.router.prefix},
     )
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(fetches.router)
     app.include_router(emails.router)
     app.include_router(jobs.router)
