@@ -14,28 +14,25 @@ one gevent fast worker and the API, a local HTTP origin and a local SMTP sink, a
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "scripts")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "scripts"), str(REPO / "bench")]
+
+from results import machine, now, report  # noqa: E402
 
 from sous_core.netguard import parse_networks  # noqa: E402
 from sous_fetch.fetching import FetchLimits, fetch_url  # noqa: E402
 from support.sinks import SmtpSink  # noqa: E402
 from support.stack import Origin, make_stack, wait_until  # noqa: E402
-
-RESULTS = REPO / "bench" / "results.json"
 
 
 def sequential_seconds(origin: Origin, count: int, delay: float) -> float:
@@ -149,15 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             "enqueue_per_s": round(statistics.median(r["enqueue_per_s"] for r in email), 1),
             "emails_per_s": round(statistics.median(r["emails_per_s"] for r in email), 1),
         },
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}",
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "date": now(),
     }
-    print(json.dumps(results, indent=2))
-    if not args.no_save:
-        merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        merged["fast_jobs"] = results
-        RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+    report("fast_jobs", results, save=not args.no_save)
     return 0
 
 

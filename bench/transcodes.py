@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,20 +24,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "scripts")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "scripts"), str(REPO / "bench")]
+
+from results import machine, now, report  # noqa: E402
 
 from sous_core.transcode_params import PRESETS  # noqa: E402
 from sous_worker_heavy.media.commands import transcode_command  # noqa: E402
 from support.stack import make_stack, wait_until  # noqa: E402
 
-RESULTS = REPO / "bench" / "results.json"
 _T = TypeVar("_T")
 PRESET = "mp4-h264-720p"
 
@@ -161,14 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "throughput_clip_seconds_per_s": {str(k): round(v, 2) for k, v in rates.items()},
         "burst": {"jobs": args.burst, "clip_seconds": args.burst_seconds},
-        "machine": f"{platform.machine()}, {cores} cores, Python {platform.python_version()}",
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "date": now(),
     }
-    print(json.dumps(results, indent=2))
-    if not args.no_save:
-        merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        merged["transcodes"] = results
-        RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+    report("transcodes", results, save=not args.no_save)
     return 0
 
 

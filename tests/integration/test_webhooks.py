@@ -93,7 +93,7 @@ def test_a_receiver_that_is_down_is_retried_then_recorded(
         job_id = client.post(
             "/v1/fetches",
             json={
-                "url": f"{origin.url}/status/404",
+                "url": f"{origin.url}/status/404?from=webhook-test",
                 "callback_url": f"http://127.0.0.1:{free_port()}/nobody-home",
             },
         ).json()["id"]

@@ -237,6 +237,22 @@ def make_stack(tmp_path: Path, **overrides: str) -> Iterator[Stack]:
         client.close()
 
 
+class LocalHttpServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving ``handler`` until closed."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
 class Origin:
     """A local HTTP server the fetch jobs talk to; counts hits per path."""
 
@@ -309,14 +325,9 @@ class Origin:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = LocalHttpServer(Handler)
+        self.url = self.server.url
 
     def close(self) -> None:
         self.closing.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.server.close()

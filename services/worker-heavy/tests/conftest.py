@@ -29,6 +29,14 @@ def _video(size: str) -> tuple[str, ...]:
     return tuple(arg.format(size=size) for arg in VIDEO)
 
 
+def _h264_clip(path: Path, size: str, seconds: int) -> Path:
+    """A ``size`` test pattern with a tone, H.264 + AAC, encoded as fast as possible."""
+    return _make(
+        path, *_video(size), *TONE, "-t", str(seconds),
+        "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")
@@ -37,19 +45,7 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def clip(media_dir: Path) -> Path:
     """3 s of 640x360 H.264 + AAC, moov atom at the end (as ffmpeg writes by default)."""
-    return _make(
-        media_dir / "clip.mp4",
-        *_video("640x360"),
-        *TONE,
-        "-t",
-        "3",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-    )
+    return _h264_clip(media_dir / "clip.mp4", "640x360", 3)
 
 
 @pytest.fixture(scope="session")
@@ -63,19 +59,7 @@ def faststart_clip(media_dir: Path, clip: Path) -> Path:
 @pytest.fixture(scope="session")
 def nine_second_clip(media_dir: Path) -> Path:
     """9 s of 320x180: enough for three HLS segments, quick to encode."""
-    return _make(
-        media_dir / "nine.mp4",
-        *_video("320x180"),
-        *TONE,
-        "-t",
-        "9",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-    )
+    return _h264_clip(media_dir / "nine.mp4", "320x180", 9)
 
 
 @pytest.fixture(scope="session")
@@ -87,19 +71,7 @@ def silent_odd_clip(media_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def long_clip(media_dir: Path) -> Path:
     """10 s of 1280x720: takes a few seconds to transcode, for progress and cancel tests."""
-    return _make(
-        media_dir / "long.mp4",
-        *_video("1280x720"),
-        *TONE,
-        "-t",
-        "10",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-    )
+    return _h264_clip(media_dir / "long.mp4", "1280x720", 10)
 
 
 @pytest.fixture(scope="session")

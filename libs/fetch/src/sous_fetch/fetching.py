@@ -20,6 +20,7 @@ import httpx
 
 from sous_core import netguard
 from sous_core.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
+from sous_core.settings import Settings
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_CLIENT_STATUSES = frozenset({408, 425, 429})
@@ -75,6 +76,16 @@ class FetchLimits:
     max_bytes: int = 10 * 1024 * 1024
     max_redirects: int = 5
     user_agent: str = "Sous-Fetch/0.1"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchLimits:
+        """The ``SOUS_FETCH_*`` limits; callers override a field with ``dataclasses.replace``."""
+        return cls(
+            timeout_seconds=settings.fetch_timeout,
+            total_timeout_seconds=settings.fetch_total_timeout,
+            max_bytes=settings.fetch_max_bytes,
+            max_redirects=settings.fetch_max_redirects,
+        )
 
 
 @dataclass(frozen=True)

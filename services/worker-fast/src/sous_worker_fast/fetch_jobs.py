@@ -39,12 +39,7 @@ def run_fetch(context: JobContext) -> dict[str, Any]:
     fetch = functools.partial(
         fetch_url,
         params.url,
-        limits=FetchLimits(
-            timeout_seconds=settings.fetch_timeout,
-            total_timeout_seconds=settings.fetch_total_timeout,
-            max_bytes=settings.fetch_max_bytes,
-            max_redirects=settings.fetch_max_redirects,
-        ),
+        limits=FetchLimits.from_settings(settings),
         allow_networks=settings.fetch_allowed_networks,
         should_stop=context.should_stop,
         limiter=host_limiter(),

@@ -7,6 +7,7 @@ deleted when the job ends for good, kept while it may still be retried.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -88,11 +89,11 @@ def _input_file(
     with path.open("wb") as sink:
         outcome = fetch_url(
             params.source.url,
-            limits=FetchLimits(
-                timeout_seconds=settings.fetch_timeout,
+            # A video may take minutes to download, and may be as large as an upload.
+            limits=dataclasses.replace(
+                FetchLimits.from_settings(settings),
                 total_timeout_seconds=max(settings.fetch_total_timeout, 600.0),
                 max_bytes=settings.max_upload_bytes,
-                max_redirects=settings.fetch_max_redirects,
             ),
             allow_networks=settings.fetch_allowed_networks,
             should_stop=context.should_stop,
