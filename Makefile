@@ -38,7 +38,7 @@ bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 check: install ## Format check, lint and type check, as in CI
 	@$(UV) run --frozen ruff format --check .
 	@$(UV) run --frozen ruff check .
-	@$(UV) run --frozen mypy libs/core/src libs/fetch/src services/api/src services/worker-fast/src services/worker-heavy/src services/scheduler/src
+	@$(UV) run --frozen mypy libs/core/src libs/fetch/src libs/client/src services/api/src services/worker-fast/src services/worker-heavy/src services/scheduler/src
 
 fmt: install ## Format the code and apply safe lint fixes
 	@$(UV) run --frozen ruff format .

@@ -1,0 +1,1 @@
+"""Sous client: submit background jobs over HTTP, follow them, download their output."""
