@@ -149,6 +149,16 @@ class Settings(BaseSettings):
     transcode_min_time_limit: float = Field(default=120.0, gt=0)
     #: Log level of every Sous process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``json`` (one JSON object per line), ``text`` (readable lines), or ``auto``: text
+    #: when stdout is a terminal, JSON otherwise (containers, log collectors).
+    log_format: Literal["auto", "json", "text"] = "auto"
+    #: Workers and the scheduler serve ``/metrics`` and ``/healthz`` here (0 turns it off;
+    #: the API serves ``/metrics`` on its own port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    #: Folder for prometheus-client's multiprocess files (prefork workers, several API
+    #: processes). Empty: a fresh folder under the system temp dir per process tree.
+    metrics_multiproc_dir: str = ""
     #: Optional RabbitMQ management API base URL, for ``sous queues`` unacked counts.
     rabbitmq_management_url: str = ""
 
