@@ -56,6 +56,8 @@ class Child:
     name: str
     argv: list[str]
     color: str
+    #: Variables for this process only (its metrics port).
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = field(default=None, repr=False)
 
@@ -253,6 +255,8 @@ def print_banner(
         f"Sous devstack: {mode}",
         f"API:     {api}   (docs: {api}/docs)",
         f"Flower:  {flower_line}",
+        f"Metrics: {api}/metrics, "
+        + ", ".join(f"{name} :{port}/metrics" for name, port in METRICS_PORTS.items()),
         f"Settings: {settings_file} (load with: set -a; . {settings_file}; set +a)",
         f"API key: {env_prefix}uv run sous keys create --tenant demo",
         "Stop:    Ctrl-C",
@@ -289,6 +293,10 @@ def mail_sink_env(port: int) -> dict[str, str]:
     return {"SOUS_SMTP_HOST": "127.0.0.1", "SOUS_SMTP_PORT": str(port)}
 
 
+#: Where each process serves /metrics in `make run` (the API serves it on its own port).
+METRICS_PORTS = {"worker-fast": 9101, "worker-heavy": 9102, "scheduler": 9103}
+
+
 def build_children(data_dir: Path, flower: bool, mail_sink_port: int | None) -> list[Child]:
     specs = [
         ("api", process_commands.api()),
@@ -301,9 +309,19 @@ def build_children(data_dir: Path, flower: bool, mail_sink_port: int | None) -> 
     if mail_sink_port is not None:
         specs.insert(0, ("mail-sink", process_commands.mail_sink(mail_sink_port)))
     return [
-        Child(name, [str(BIN / argv[0]), *argv[1:]], COLORS[i % len(COLORS)])
+        Child(
+            name,
+            [str(BIN / argv[0]), *argv[1:]],
+            COLORS[i % len(COLORS)],
+            {"SOUS_METRICS_PORT": str(METRICS_PORTS[name])} if name in METRICS_PORTS else {},
+        )
         for i, (name, argv) in enumerate(specs)
     ]
+
+
+def log_format(stream: IO[str]) -> str:
+    """Children write into a pipe; they log as text when this script's output is a terminal."""
+    return os.environ.get("SOUS_LOG_FORMAT") or ("text" if stream.isatty() else "json")
 
 
 def migrate(env: dict[str, str], out: Output) -> None:
@@ -337,7 +355,7 @@ def _die_with_parent() -> None:
 def start(child: Child, env: dict[str, str], out: Output) -> None:
     child.process = subprocess.Popen(
         child.argv,
-        env=env,
+        env={**env, **child.env},
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -440,7 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     if mail:
         out.say(f"Mail:    email jobs go to the local mail sink on port {args.mail_sink_port}")
     # Unbuffered children, so their lines show up as they happen rather than in bursts.
-    env = {**os.environ, **overrides, **mail, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        **overrides,
+        **mail,
+        "PYTHONUNBUFFERED": "1",
+        "SOUS_LOG_FORMAT": log_format(sys.stdout),
+    }
     migrate(env, out)
     if stop.is_set():
         out.say("stopped")

@@ -107,15 +107,19 @@ class Stack:
         wait_until(api.alive, 30, "the API to answer /healthz")
         return api
 
-    def start_fast_worker(self, label: str = "worker-fast", concurrency: int = 20) -> Proc:
+    def start_fast_worker(
+        self, label: str = "worker-fast", concurrency: int = 20, env: dict[str, str] | None = None
+    ) -> Proc:
         argv = process_commands.worker_fast(concurrency, f"{label}-{secrets.token_hex(3)}@%h")
-        proc = self.start(label, *argv, "--without-mingle", "--without-gossip")
+        proc = self.start(label, *argv, "--without-mingle", "--without-gossip", env=env)
         proc.wait_for_log(r"ready\.", 60)
         return proc
 
-    def start_heavy_worker(self, label: str = "worker-heavy", concurrency: int = 2) -> Proc:
+    def start_heavy_worker(
+        self, label: str = "worker-heavy", concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> Proc:
         argv = process_commands.worker_heavy(concurrency, f"{label}-{secrets.token_hex(3)}@%h")
-        proc = self.start(label, *argv, "--without-mingle", "--without-gossip")
+        proc = self.start(label, *argv, "--without-mingle", "--without-gossip", env=env)
         proc.wait_for_log(r"ready\.", 60)
         return proc
 
@@ -220,6 +224,10 @@ def make_stack(tmp_path: Path, **overrides: str) -> Iterator[Stack]:
         "SOUS_RETRY_BACKOFF": "1",
         "SOUS_STORAGE_DIR": str(tmp_path / "storage"),
         "SOUS_LOG_LEVEL": "INFO",
+        # Readable logs that tests match patterns against; the JSON format has its own tests.
+        "SOUS_LOG_FORMAT": "text",
+        # Many workers run at once: metrics servers only where a test asks for one.
+        "SOUS_METRICS_PORT": "0",
         **overrides,
     }
     stack = Stack(name=name, env=env, workdir=tmp_path)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kombu import Connection
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from sous_core.metrics import QUEUE_METRICS
 from sous_core.queues import DEAD_LETTER_QUEUE, WORK_QUEUES
+
+logger = logging.getLogger("sous.brokerstats")
 
 MANAGEMENT_PORT = 15672
 
@@ -94,3 +101,47 @@ def queue_stats(broker_url: str, management_url: str = "") -> tuple[list[QueueSt
         ), "management"
     except OSError:
         return from_amqp(broker_url, names), "amqp"
+
+
+class BrokerQueueCollector(Collector):
+    """Queue depth per queue, read from the broker at scrape time (what KEDA scales on).
+
+    Served by the scheduler: one per installation, so dashboards do not sum copies.
+    Over AMQP only ready messages and consumers are visible; unacked counts need the
+    management API (``SOUS_RABBITMQ_MANAGEMENT_URL``, or the broker host's port 15672).
+    """
+
+    def __init__(self, broker_url: str, management_url: str = "") -> None:
+        self.broker_url = broker_url
+        self.management_url = management_url
+
+    def collect(self) -> Iterator[Metric]:
+        ready = GaugeMetricFamily(
+            "celery_queue_length", QUEUE_METRICS["celery_queue_length"], labels=["queue_name"]
+        )
+        unacked = GaugeMetricFamily(
+            "sous_queue_unacked_messages",
+            QUEUE_METRICS["sous_queue_unacked_messages"],
+            labels=["queue_name"],
+        )
+        consumers = GaugeMetricFamily(
+            "celery_active_consumer_count",
+            QUEUE_METRICS["celery_active_consumer_count"],
+            labels=["queue_name"],
+        )
+        try:
+            stats, _source = queue_stats(self.broker_url, self.management_url)
+            up = 1.0
+        except Exception as exc:
+            logger.warning("reading queue depth from the broker failed: %r", exc)
+            stats, up = [], 0.0
+        for queue in stats:
+            for family, value in (
+                (ready, queue.ready),
+                (unacked, queue.unacked),
+                (consumers, queue.consumers),
+            ):
+                if value is not None:
+                    family.add_metric([queue.name], float(value))
+        yield from (ready, unacked, consumers)
+        yield GaugeMetricFamily("sous_queue_stats_up", QUEUE_METRICS["sous_queue_stats_up"], up)

@@ -13,7 +13,7 @@ from typing import Any
 from celery import bootsteps
 from kombu import Consumer, Message
 
-from sous_core import jobs
+from sous_core import jobs, metrics
 from sous_core.db.engine import session_scope
 from sous_core.queues import DEAD_LETTER_JOBS_QUEUE, dead_letter_queue
 from sous_core.states import IllegalTransition, JobState
@@ -59,7 +59,14 @@ def fail_dead_lettered_job(job_id: uuid.UUID, reason: str) -> bool:
     return True
 
 
+def queue_of(message: Message) -> str:
+    """The queue a dead letter came from (its first death), ``unknown`` if not recorded."""
+    queue = (message.headers or {}).get("x-first-death-queue")
+    return str(queue) if queue else "unknown"
+
+
 def handle_dead_letter(_body: Any, message: Message) -> None:
+    metrics.DEAD_LETTERED.labels(queue_name=queue_of(message)).inc()
     job_id = job_id_of(message)
     if job_id is None:
         logger.error("dead letter without a job id; headers=%r", message.headers)

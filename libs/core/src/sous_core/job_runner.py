@@ -21,10 +21,12 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from sous_core import cancel_watch, jobs
+from sous_core import cancel_watch, jobs, telemetry
+from sous_core.celery_metrics import JOB_FAILED_ATTRIBUTE
 from sous_core.db.engine import session_scope
 from sous_core.db.models import utcnow
 from sous_core.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
+from sous_core.logs import job_context
 from sous_core.settings import get_settings
 from sous_core.states import IllegalTransition, JobState
 from sous_core.tasks import JobPayload
@@ -127,15 +129,17 @@ def register_job_task(app: Celery, name: str, work: WorkFunction, **options: Any
 
 
 def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
-    delivery_info = task.request.delivery_info or {}
-    context = _start(job_id, redelivered=bool(delivery_info.get("redelivered")))
-    if context is None:
-        return
-    cancel_watch.WATCH.watch(job_id)
-    try:
-        _run_work(task, context, work)
-    finally:
-        cancel_watch.WATCH.forget(job_id)
+    telemetry.mark_job(job_id)
+    with job_context(job_id):
+        delivery_info = task.request.delivery_info or {}
+        context = _start(job_id, redelivered=bool(delivery_info.get("redelivered")))
+        if context is None:
+            return
+        cancel_watch.WATCH.watch(job_id)
+        try:
+            _run_work(task, context, work)
+        finally:
+            cancel_watch.WATCH.forget(job_id)
 
 
 def _run_work(task: Task, context: JobContext, work: WorkFunction) -> None:
@@ -153,7 +157,7 @@ def _run_work(task: Task, context: JobContext, work: WorkFunction) -> None:
         )
         logger.info("job %s cancelled while running", job_id)
     except PermanentJobError as exc:
-        _fail(job_id, exc)
+        _fail(job_id, exc, task)
     except (TransientJobError, OperationalError) as exc:
         error = (
             exc
@@ -163,7 +167,9 @@ def _run_work(task: Task, context: JobContext, work: WorkFunction) -> None:
         _retry_or_fail(task, job_id, error)
     except Exception as exc:
         logger.exception("job %s failed with an unexpected error", job_id)
-        _fail(job_id, PermanentJobError("internal_error", f"Unexpected worker error: {exc!r}"))
+        _fail(
+            job_id, PermanentJobError("internal_error", f"Unexpected worker error: {exc!r}"), task
+        )
     else:
         if isinstance(result, AwaitChildren):
             logger.info("job %s fanned out in %.3fs", job_id, time.monotonic() - started)
@@ -232,8 +238,11 @@ def _finish(job_id: uuid.UUID, state: JobState, **values: Any) -> None:
             logger.info("job %s outcome %s not recorded: %s", job_id, state.value, exc)
 
 
-def _fail(job_id: uuid.UUID, error: JobError) -> None:
+def _fail(job_id: uuid.UUID, error: JobError, task: Task | None = None) -> None:
     logger.warning("job %s failed: %s: %s", job_id, error.code, error.message)
+    if task is not None:
+        # The task returns normally; count it as the failure it is (celery_task_failed_total).
+        setattr(task.request, JOB_FAILED_ATTRIBUTE, error.code)
     _finish(job_id, JobState.FAILED, error_code=error.code, error_message=error.message)
 
 
@@ -244,6 +253,7 @@ def _retry_or_fail(task: Task, job_id: uuid.UUID, error: JobError) -> None:
         _fail(
             job_id,
             type(error)(error.code, f"{error.message} (gave up after {retries + 1} attempts)"),
+            task,
         )
         return
     delay = retry_delay(retries, settings.retry_backoff, settings.retry_backoff_max)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, event, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from sous_core import batches, webhooks
+from sous_core import batches, metrics, webhooks
 from sous_core.db.models import Job, utcnow
 from sous_core.states import TERMINAL_STATES, IllegalTransition, JobState, sources_of
 
@@ -89,7 +89,24 @@ def transition(
     raise IllegalTransition(JobState(current), target)
 
 
+#: ``Session.info`` key: (kind, state) of the jobs this transaction finished.
+_FINISHED_KEY = "sous_finished_jobs"
+
+
+@event.listens_for(Session, "after_commit")
+def _count_finished(session: Session) -> None:
+    """Count finished jobs once their outcome is committed (not for a rolled-back one)."""
+    for kind, state in session.info.pop(_FINISHED_KEY, ()):
+        metrics.JOBS_FINISHED.labels(kind=kind, state=state).inc()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_finished(session: Session) -> None:
+    session.info.pop(_FINISHED_KEY, None)
+
+
 def _on_terminal(session: Session, job: Job) -> None:
+    session.info.setdefault(_FINISHED_KEY, []).append((job.kind, job.state))
     webhooks.enqueue_delivery(session, job)
     if job.parent_id is not None and batches.count_finished(session, job.parent_id, 1):
         finish_batch(session, job.parent_id)

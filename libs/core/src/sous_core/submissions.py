@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from sous_core import jobs, quotas
+from sous_core import jobs, metrics, quotas
 from sous_core.db.models import Job, utcnow
 from sous_core.enqueue import BrokerUnavailable, publish_job
 from sous_core.states import IllegalTransition, JobState
@@ -112,6 +112,7 @@ def submit_job(
         quotas.charge(session, tenant_id, kind, params, now)
     except SubmissionRefused:
         session.rollback()
+        metrics.API_QUOTA_REJECTIONS.labels(kind=kind).inc()
         raise
     job = Job(
         tenant_id=tenant_id,
@@ -149,6 +150,7 @@ def submit_job(
         )
         quotas.refund(session, tenant_id, kind, params, quotas.utc_day(now))
         session.commit()
+        metrics.API_BROKER_UNAVAILABLE.labels(kind=kind).inc()
         raise SubmissionRefused(
             503,
             "broker_unavailable",
@@ -156,6 +158,7 @@ def submit_job(
             retry_after=BROKER_RETRY_AFTER_SECONDS,
         ) from exc
 
+    metrics.JOBS_SUBMITTED.labels(kind=kind).inc()
     try:
         job = jobs.transition(session, job.id, JobState.QUEUED, only_from={JobState.PENDING})
         session.commit()

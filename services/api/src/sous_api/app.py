@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,8 +12,12 @@ from fastapi import FastAPI
 from sous_api import metrics
 from sous_api.body_limit import BodySizeLimit
 from sous_api.errors import install_error_handlers
+from sous_api.request_metrics import RequestMetrics
 from sous_api.routes import emails, events, fetches, health, jobs, schedules, transcodes
+from sous_core import telemetry
 from sous_core.celery_app import create_celery_app
+from sous_core.celery_metrics import install_publisher_metrics
+from sous_core.logs import configure_logging
 from sous_core.settings import get_settings
 
 DESCRIPTION = """Sous runs slow work in the background: submit a job, get its id at once
@@ -32,6 +37,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    if not logging.getLogger().handlers:
+        # A uvicorn worker process started by `sous-api --workers N` logs like its parent.
+        configure_logging("sous-api")
     app = FastAPI(title="Sous", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(
@@ -39,6 +47,14 @@ def create_app() -> FastAPI:
         max_bytes=settings.max_request_bytes,
         upload_paths={transcodes.router.prefix},
     )
+    # Outermost: a request refused by the body limit is counted too.
+    app.add_middleware(RequestMetrics)
+    install_publisher_metrics()
+    if telemetry.configure_tracing("sous-api"):
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        telemetry.instrument_celery()
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(fetches.router)

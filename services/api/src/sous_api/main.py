@@ -7,6 +7,7 @@ import argparse
 import uvicorn
 
 from sous_core.logs import configure_logging
+from sous_core.metrics_process import prepare_multiprocess
 from sous_core.settings import get_settings
 
 
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> None:
         help="uvicorn worker processes (SOUS_API_WORKERS, default %(default)s)",
     )
     args = parser.parse_args(argv)
-    configure_logging()
+    configure_logging("sous-api")
+    if args.workers > 1:
+        # Several uvicorn processes: their metrics are summed from files at scrape time.
+        prepare_multiprocess(settings.metrics_multiproc_dir)
     uvicorn.run(
         "sous_api.app:create_app",
         factory=True,

@@ -1,8 +1,9 @@
-"""``GET /metrics``: Prometheus metrics of the platform, read from the database at scrape time.
+"""``GET /metrics``: the API's Prometheus metrics, plus platform gauges read at scrape time.
 
-Values that describe the installation rather than this process (API keys expiring soon)
-are counted by a query when Prometheus scrapes, so every API replica reports the same
-number and nothing depends on which process last ran a maintenance task.
+Requests, submissions, broker 503s and quota rejections are counted by this process (all
+uvicorn processes together in multiprocess mode). Values that describe the installation
+rather than this process (API keys expiring soon) are counted by a query when Prometheus
+scrapes, so every API replica reports the same number.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from sous_core import apikeys
 from sous_core.db.engine import session_factory
 from sous_core.db.models import utcnow
+from sous_core.metrics import API_DATABASE_METRICS
+from sous_core.metrics_process import scrape
 from sous_core.settings import get_settings
 
 logger = logging.getLogger("sous.api")
@@ -39,7 +42,7 @@ class PlatformCollector(Collector):
             logger.exception("reading key counts for /metrics failed")
             return
         yield GaugeMetricFamily(
-            "sous_api_keys_active", "API keys usable now (not revoked, not expired).", counts.active
+            "sous_api_keys_active", API_DATABASE_METRICS["sous_api_keys_active"], counts.active
         )
         yield GaugeMetricFamily(
             "sous_api_keys_expiring_soon",
@@ -49,12 +52,11 @@ class PlatformCollector(Collector):
         )
 
 
-REGISTRY = CollectorRegistry()
-REGISTRY.register(PlatformCollector())
+PLATFORM = PlatformCollector()
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics() -> Response:
     """Prometheus text format; meant for the cluster's Prometheus, not for tenants."""
-    body = await run_in_threadpool(generate_latest, REGISTRY)
+    body = await run_in_threadpool(scrape, [PLATFORM])
     return Response(body, media_type=CONTENT_TYPE_LATEST)

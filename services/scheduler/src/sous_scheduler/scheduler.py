@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import beat
 
+from sous_core import metrics
 from sous_core.db.engine import session_scope
 from sous_core.db.models import utcnow
 from sous_core.settings import get_settings
@@ -31,6 +32,11 @@ logger = logging.getLogger("sous.scheduler")
 
 #: Seconds to wait before trying again when the database or broker failed.
 RETRY_SECONDS = 5.0
+
+
+def _count_fired(source: str, count: int = 1) -> None:
+    metrics.SCHEDULER_TICKS_FIRED.labels(source=source).inc(count)
+    metrics.SCHEDULER_LAST_FIRE.set(time.time())
 
 
 class SousScheduler(beat.Scheduler):
@@ -49,6 +55,7 @@ class SousScheduler(beat.Scheduler):
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         now = utcnow()
+        metrics.SCHEDULER_LAST_LOOP.set(time.time())
         waits = [self.settings.schedule_poll_interval]
         for entry in self.maintenance:
             try:
@@ -58,7 +65,9 @@ class SousScheduler(beat.Scheduler):
                 waits.append(RETRY_SECONDS)
         if time.monotonic() >= self.next_schedule_poll:
             try:
-                firing.fire_due_schedules(self.app, now, self.settings)
+                report = firing.fire_due_schedules(self.app, now, self.settings)
+                if report.submitted:
+                    _count_fired("schedule", len(report.submitted))
             except Exception:
                 logger.exception("firing user schedules failed; retrying shortly")
             self.next_schedule_poll = time.monotonic() + self.settings.schedule_poll_interval
@@ -91,6 +100,7 @@ class SousScheduler(beat.Scheduler):
                 ignore_result=True,
                 headers={"sous_tick": tick.isoformat()},
             )
+        _count_fired("maintenance")
         logger.info("fired %s for tick %s", entry.name, tick.isoformat())
 
     @property

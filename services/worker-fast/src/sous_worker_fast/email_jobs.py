@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sous_core import metrics, telemetry
 from sous_core.email_params import EmailParams
+from sous_core.errors import JobError
 from sous_core.job_runner import JobContext
 from sous_core.settings import get_settings
 from sous_worker_fast.mailing import SmtpConfig, send_email
@@ -28,4 +30,18 @@ def run_email(context: JobContext) -> dict[str, Any]:
         return context.result
     params = context.params_as(EmailParams)
     config = SmtpConfig.from_settings(get_settings())
-    return send_email(params, config, job_id=str(context.job_id), on_sent=context.checkpoint)
+    with telemetry.outbound_span(
+        "SMTP send",
+        context.job_id,
+        **{"server.address": config.host, "server.port": config.port},
+    ) as span:
+        try:
+            result = send_email(
+                params, config, job_id=str(context.job_id), on_sent=context.checkpoint
+            )
+        except JobError as exc:
+            telemetry.mark_error(span, exc.code)
+            raise
+    metrics.EMAILS_SENT.inc()
+    metrics.EMAIL_RECIPIENTS_REFUSED.inc(len(result.get("refused") or {}))
+    return result

@@ -9,10 +9,10 @@ from typing import Any
 
 from celery import Celery
 
-from sous_core import batches, jobs, storage
+from sous_core import batches, jobs, metrics, storage, telemetry
 from sous_core.db.engine import session_scope
 from sous_core.enqueue import BrokerUnavailable, confirmed_connection, publish_job
-from sous_core.errors import TransientJobError
+from sous_core.errors import JobError, TransientJobError
 from sous_core.job_runner import AWAIT_CHILDREN, AwaitChildren, JobContext
 from sous_core.params import FetchBatchParams, FetchParams
 from sous_core.settings import get_settings
@@ -44,11 +44,26 @@ def run_fetch(context: JobContext) -> dict[str, Any]:
         should_stop=context.should_stop,
         limiter=host_limiter(),
     )
-    if not params.store_body:
-        return fetch().as_result()
-    with storage.atomic_writer(storage.output_path(settings.storage_dir, context.job_id)) as sink:
-        outcome = fetch(body_sink=sink)
+    with telemetry.outbound_span("GET", context.job_id, **{"url.full": params.url}) as span:
+        try:
+            if not params.store_body:
+                outcome = fetch()
+            else:
+                path = storage.output_path(settings.storage_dir, context.job_id)
+                with storage.atomic_writer(path) as sink:
+                    outcome = fetch(body_sink=sink)
+        except JobError as exc:
+            metrics.FETCHES.labels(outcome="error").inc()
+            telemetry.mark_error(span, exc.code)
+            raise
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", outcome.status_code)
+            span.set_attribute("http.response.body.size", outcome.size_bytes)
+    metrics.FETCHES.labels(outcome=f"{outcome.status_code // 100}xx").inc()
+    metrics.FETCH_BYTES.inc(outcome.size_bytes)
     result = outcome.as_result()
+    if not params.store_body:
+        return result
     result["output"] = {"size_bytes": outcome.size_bytes, "content_type": outcome.content_type}
     return result
 

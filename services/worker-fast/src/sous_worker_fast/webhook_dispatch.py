@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from sous_core import jobs, webhooks
+from sous_core import jobs, metrics, telemetry, webhooks
 from sous_core.db.engine import session_scope
 from sous_core.errors import JobError
 from sous_core.resources import JobResource
@@ -41,25 +41,34 @@ def deliver(delivery: webhooks.ClaimedDelivery) -> bool:
     }
     status_code: int | None = None
     permanent = False
-    try:
-        outcome = post_json(
-            delivery.url,
-            body,
-            headers=headers,
-            timeout_seconds=settings.webhook_timeout,
-            allow_networks=settings.fetch_allowed_networks,
-        )
-    except JobError as exc:
-        error = exc.message
-        permanent = not exc.transient
-    else:
-        status_code = outcome.status_code
-        if 200 <= status_code < 300:
-            with session_scope() as session:
-                webhooks.record_success(session, delivery.id, status_code)
-            logger.info("webhook of job %s delivered (%d)", delivery.job_id, status_code)
-            return True
-        error = f"{delivery.url} answered {status_code}: {outcome.response_excerpt}".rstrip(": ")
+    with telemetry.outbound_span(
+        "webhook POST", delivery.job_id, **{"url.full": delivery.url}
+    ) as span:
+        try:
+            outcome = post_json(
+                delivery.url,
+                body,
+                headers=headers,
+                timeout_seconds=settings.webhook_timeout,
+                allow_networks=settings.fetch_allowed_networks,
+            )
+        except JobError as exc:
+            error = exc.message
+            permanent = not exc.transient
+            telemetry.mark_error(span, exc.code)
+        else:
+            status_code = outcome.status_code
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", status_code)
+            if 200 <= status_code < 300:
+                with session_scope() as session:
+                    webhooks.record_success(session, delivery.id, status_code)
+                metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
+                logger.info("webhook of job %s delivered (%d)", delivery.job_id, status_code)
+                return True
+            error = f"{delivery.url} answered {status_code}: {outcome.response_excerpt}"
+            error = error.rstrip(": ")
+            telemetry.mark_error(span, f"status {status_code}")
     with session_scope() as session:
         gave_up = webhooks.record_failure(
             session,
@@ -71,6 +80,7 @@ def deliver(delivery: webhooks.ClaimedDelivery) -> bool:
             backoff_max=settings.webhook_backoff_max,
             permanent=permanent,
         )
+    metrics.WEBHOOK_DELIVERIES.labels(outcome="gave_up" if gave_up else "retry").inc()
     if gave_up:
         logger.warning(
             "webhook of job %s failed for good after %d attempt(s): %s",

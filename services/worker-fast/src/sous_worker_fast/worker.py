@@ -5,12 +5,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from celery.signals import setup_logging
-
 from sous_core.celery_app import create_celery_app
 from sous_core.dead_letters import DeadLetterWatcher
 from sous_core.job_runner import register_job_task
-from sous_core.logs import configure_logging
+from sous_core.observability import observe_worker
 from sous_core.tasks import (
     EMAIL_TASK,
     EXPIRE_KEYS_TASK,
@@ -31,15 +29,11 @@ __all__ = ["app", "run_email", "run_fetch"]
 
 green_loop.install()
 app = create_celery_app("sous-worker-fast")
+observe_worker("sous-worker-fast", prefork=False)
 # Fast workers also fail the jobs whose messages were dead-lettered (any queue's),
 app.steps["consumer"].add(DeadLetterWatcher)
 # and POST finished jobs to their webhooks.
 app.steps["worker"].add(WebhookDispatcher)
-
-
-@setup_logging.connect
-def _logging(**_kwargs: Any) -> None:
-    configure_logging()
 
 
 fetch_task = register_job_task(app, FETCH_TASK, run_fetch)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sous_core import jobs, quotas, storage
+from sous_core import jobs, metrics, quotas, storage, telemetry
 from sous_core.db.engine import session_scope
 from sous_core.db.models import utcnow
 from sous_core.errors import JobCancelled, PermanentJobError
@@ -47,21 +47,24 @@ def run_transcode(context: JobContext) -> dict[str, Any]:
     work.mkdir(parents=True)
     try:
         source = _input_file(params, settings, work, context)
-        outcome = transcode(
-            source,
-            params.options,
-            work / "out",
-            limits=MediaLimits(
-                max_duration=settings.transcode_max_duration,
-                max_dimension=settings.transcode_max_dimension,
-                max_file_bytes=settings.max_upload_bytes,
-                time_factor=settings.transcode_time_factor,
-                min_time_limit=settings.transcode_min_time_limit,
-            ),
-            threads=encoder_threads(),
-            on_progress=context.set_progress,
-            should_stop=context.should_stop,
-        )
+        preset = params.options.preset
+        with telemetry.outbound_span("ffmpeg transcode", context.job_id, **{"sous.preset": preset}):
+            outcome = transcode(
+                source,
+                params.options,
+                work / "out",
+                limits=MediaLimits(
+                    max_duration=settings.transcode_max_duration,
+                    max_dimension=settings.transcode_max_dimension,
+                    max_file_bytes=settings.max_upload_bytes,
+                    time_factor=settings.transcode_time_factor,
+                    min_time_limit=settings.transcode_min_time_limit,
+                ),
+                threads=encoder_threads(),
+                on_progress=context.set_progress,
+                should_stop=context.should_stop,
+            )
+        _observe_speed(preset, outcome.result)
         result = _put_in_place(outcome, folder, params)
         _charge_minutes(context, result)
     except (PermanentJobError, JobCancelled):
@@ -71,6 +74,14 @@ def run_transcode(context: JobContext) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     _drop_upload(params, settings)
     return result
+
+
+def _observe_speed(preset: str, result: dict[str, Any]) -> None:
+    """Transcode speed (x realtime) and seconds of input processed, for the dashboards."""
+    speed, seconds = result.get("speed"), result.get("encode_seconds")
+    if isinstance(speed, int | float) and isinstance(seconds, int | float) and speed > 0:
+        metrics.TRANSCODE_SPEED.labels(preset=preset).observe(speed)
+        metrics.TRANSCODE_INPUT_SECONDS.labels(preset=preset).inc(speed * seconds)
 
 
 def _input_file(
@@ -86,7 +97,10 @@ def _input_file(
         return path
     assert isinstance(params.source, UrlSource)
     path = work / "input"
-    with path.open("wb") as sink:
+    with (
+        telemetry.outbound_span("GET", context.job_id, **{"url.full": params.source.url}),
+        path.open("wb") as sink,
+    ):
         outcome = fetch_url(
             params.source.url,
             # A video may take minutes to download, and may be as large as an upload.

@@ -6,27 +6,29 @@ import os
 import socket
 from typing import Any
 
-from celery.signals import celeryd_init, setup_logging
+from celery.signals import celeryd_init
 
 from sous_core.celery_app import create_celery_app
 from sous_core.job_runner import register_job_task
-from sous_core.logs import configure_logging
+from sous_core.metrics_process import prepare_multiprocess
+from sous_core.observability import observe_worker
+from sous_core.settings import get_settings
 from sous_core.tasks import HEAVY_PING_TASK, TRANSCODE_TASK
 from sous_worker_heavy.transcode_job import POOL_SIZE_VARIABLE, run_transcode
 
 __all__ = ["app", "run_transcode"]
 
 app = create_celery_app("sous-worker-heavy")
-
-
-@setup_logging.connect
-def _logging(**_kwargs: Any) -> None:
-    configure_logging()
+observe_worker("sous-worker-heavy", prefork=True)
 
 
 @celeryd_init.connect
-def _record_pool_size(options: dict[str, Any] | None = None, **_kwargs: Any) -> None:
-    """Tell the pool's children how many of them share the cores (sizes ffmpeg's threads)."""
+def _before_pool_starts(options: dict[str, Any] | None = None, **_kwargs: Any) -> None:
+    """Prepare what the pool's children inherit: metrics shared through files, pool size."""
+    # Before any labelled metric value exists, so every one of them lives in the shared
+    # folder and a scrape of the main process sums all children (dead ones included).
+    prepare_multiprocess(get_settings().metrics_multiproc_dir)
+    # How many children share the cores (sizes ffmpeg's threads).
     concurrency = (options or {}).get("concurrency") or os.cpu_count() or 1
     os.environ[POOL_SIZE_VARIABLE] = str(concurrency)
 
