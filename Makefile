@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit check fmt services tools bench bench-quick
+.PHONY: help install run test test-unit check fmt services tools bench bench-quick up down dev
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,19 @@ bench: install services tools ## Run the benchmarks (minutes); results in bench/
 bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
 	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --runs 1 --no-save
+
+up: ## Run the whole stack in Docker (compose.yaml): API on :8000, Grafana on :3000
+	@docker compose up --build --detach
+
+down: ## Stop the compose stack (its volumes are kept; `docker compose down -v` drops them)
+	@docker compose down
+
+dev: ## On a local Kubernetes cluster: dependencies (k8s/dev), then skaffold dev
+	@kubectl apply -k k8s/dev
+	@for workload in statefulset/rabbitmq statefulset/postgresql deployment/redis; do \
+		kubectl -n sous rollout status $$workload --timeout=300s || exit 1; \
+	done
+	@skaffold dev -p dev
 
 check: install ## Format check, lint and type check, as in CI
 	@$(UV) run --frozen ruff format --check .

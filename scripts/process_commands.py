@@ -5,6 +5,8 @@ Pool type, concurrency and queues belong on the command line, not in shared conf
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def api() -> list[str]:
     return ["sous-api"]
@@ -42,6 +44,30 @@ def flower(port: str) -> list[str]:
         "--address=127.0.0.1",
         f"--port={port}",
     ]
+
+
+def flower_container(port: int = 5555, basic_auth: str | None = None) -> list[str]:
+    """Flower in a container (Helm chart, compose.yaml): listens on every interface and
+    finds the broker in ``CELERY_BROKER_URL``, so it needs no Sous code in its image."""
+    argv = ["celery", "flower", "--address=0.0.0.0", f"--port={port}"]
+    if basic_auth is not None:
+        argv.append(f"--basic-auth={basic_auth}")
+    return argv
+
+
+#: The processes every deployment runs, by service (and image) name.
+SERVICES: dict[str, Callable[[], list[str]]] = {
+    "api": api,
+    "worker-fast": worker_fast,
+    "worker-heavy": worker_heavy,
+    "scheduler": scheduler,
+}
+
+
+def container_commands() -> dict[str, list[str]]:
+    """The command line of each service's container with its default concurrency: the
+    images' CMD, and what the Helm chart and compose.yaml run."""
+    return {service: command() for service, command in SERVICES.items()}
 
 
 def mail_sink(port: int) -> list[str]:
