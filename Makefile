@@ -25,7 +25,7 @@ test: install services tools ## Run the whole suite against the real services
 	@$(UV) run --frozen pytest
 
 test-unit: install tools ## Run only the tests that need no services (ffmpeg is a tool, not a service)
-	@$(UV) run --frozen pytest libs services tests/test_architecture.py
+	@$(UV) run --frozen pytest -m "not integration" libs services tests/test_architecture.py
 
 bench: install services tools ## Run the benchmarks (minutes); results in bench/README.md and results.json
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 5 --emails 500

@@ -1,0 +1,5 @@
+"""``python -m sous_client``: the ``sous-client`` command."""
+
+from sous_client.cli import main
+
+raise SystemExit(main())
