@@ -12,6 +12,9 @@ fi
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
     missing+=(prometheus)
 fi
+if ! command -v wrk >/dev/null 2>&1; then
+    missing+=(wrk)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "missing: ${missing[*]}: install (e.g. sudo apt-get install -y ${missing[*]}) and retry" >&2

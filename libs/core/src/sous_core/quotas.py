@@ -78,14 +78,22 @@ def units_of(kind: str, params: dict[str, Any]) -> tuple[str, int]:
     return metric, 1
 
 
-def charge(
-    session: Session, tenant_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
-) -> None:
-    """Count the job about to be created against today's usage, in the caller's transaction.
+class Charge(NamedTuple):
+    """What a job will take from its tenant's quota, once the checks without locks passed."""
 
-    Raises ``SubmissionRefused(429, "quota_exceeded", ...)`` and changes nothing when
-    the job does not fit in what is left of the limit. On PostgreSQL the usage row stays
-    locked until the caller commits or rolls back, so concurrent charges queue behind it.
+    tenant_id: uuid.UUID
+    day: date
+    metric: str
+    units: int
+    limit: int | None
+
+
+def prepare_charge(
+    session: Session, tenant_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
+) -> Charge:
+    """Read the limits and refuse what cannot fit whatever the usage; nothing is locked.
+
+    The charge itself is :func:`usage_upsert`, which may still refuse (usage too high).
     """
     day = utc_day(now)
     if kind == "transcode":
@@ -98,9 +106,28 @@ def charge(
     limit = _limit(session, tenant_id, metric)
     if limit is not None and units > limit:
         raise _exceeded(metric, limit, _used(session, tenant_id, day, metric), units, now)
-    if _add(session, tenant_id, day, metric, units, limit) is None:
-        assert limit is not None, "only a limit can refuse a charge"
-        raise _exceeded(metric, limit, _used(session, tenant_id, day, metric), units, now)
+    return Charge(tenant_id, day, metric, units, limit)
+
+
+def refusal(session: Session, charge: Charge, now: datetime) -> submissions.SubmissionRefused:
+    """The error for a charge :func:`usage_upsert` refused."""
+    assert charge.limit is not None, "only a limit can refuse a charge"
+    used = _used(session, charge.tenant_id, charge.day, charge.metric)
+    return _exceeded(charge.metric, charge.limit, used, charge.units, now)
+
+
+def charge(
+    session: Session, tenant_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
+) -> None:
+    """Count the job about to be created against today's usage, in the caller's transaction.
+
+    Raises ``SubmissionRefused(429, "quota_exceeded", ...)`` and changes nothing when
+    the job does not fit in what is left of the limit. On PostgreSQL the usage row stays
+    locked until the caller commits or rolls back, so concurrent charges queue behind it.
+    """
+    prepared = prepare_charge(session, tenant_id, kind, params, now)
+    if session.execute(usage_upsert(session, prepared)).scalar_one_or_none() is None:
+        raise refusal(session, prepared, now)
 
 
 def refund(
@@ -130,9 +157,10 @@ def add_usage(
     check_metric(metric)
     if amount < 0:
         raise ValueError(f"usage only grows; got {amount}")
-    used = _add(session, tenant_id, utc_day(now), metric, amount, None)
+    upsert = usage_upsert(session, Charge(tenant_id, utc_day(now), metric, amount, None))
+    used = session.execute(upsert).scalar_one_or_none()
     assert used is not None, "an unconditional upsert always returns the row"
-    return used
+    return int(used)
 
 
 def set_quota(session: Session, tenant_id: uuid.UUID, metric: str, daily_limit: int | None) -> None:
@@ -207,33 +235,26 @@ def _used(session: Session, tenant_id: uuid.UUID, day: date, metric: str) -> int
     return used or 0
 
 
-def _add(
-    session: Session,
-    tenant_id: uuid.UUID,
-    day: date,
-    metric: str,
-    units: int,
-    limit: int | None,
-) -> int | None:
-    """Add ``units`` to the usage row if the sum stays within ``limit``; the new usage or None.
+def usage_upsert(session: Session, charge: Charge) -> Any:
+    """Add the charge's units to its usage row if the sum stays within its limit.
 
-    One ``INSERT ... ON CONFLICT DO UPDATE ... WHERE used + units <= limit RETURNING``:
-    PostgreSQL locks the conflicting row and evaluates the condition on its latest
-    committed version, so concurrent charges serialise on the row and none overshoots.
-    A missing row is inserted with ``units`` (callers check ``units <= limit`` first).
+    One ``INSERT ... ON CONFLICT DO UPDATE ... WHERE used + units <= limit RETURNING used``
+    (no row returned: refused). PostgreSQL locks the conflicting row and evaluates the
+    condition on its latest committed version, so concurrent charges serialise on the
+    row and none overshoots. A missing row is inserted with ``units`` (callers check
+    ``units <= limit`` first).
     """
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = (
+    return (
         insert(TenantUsage)
-        .values(tenant_id=tenant_id, day=day, metric=metric, used=units)
+        .values(tenant_id=charge.tenant_id, day=charge.day, metric=charge.metric, used=charge.units)
         .on_conflict_do_update(
             index_elements=[TenantUsage.tenant_id, TenantUsage.day, TenantUsage.metric],
-            set_={"used": TenantUsage.used + units},
-            where=None if limit is None else TenantUsage.used + units <= limit,
+            set_={"used": TenantUsage.used + charge.units},
+            where=None if charge.limit is None else TenantUsage.used + charge.units <= charge.limit,
         )
         .returning(TenantUsage.used)
     )
-    return session.execute(statement).scalar_one_or_none()
 
 
 def _exceeded(

@@ -84,6 +84,22 @@ def _find_by_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None
     ).scalar_one_or_none()
 
 
+def _create_and_charge(session: Session, job: Job, charge: quotas.Charge) -> bool:
+    """Write the job row and charge its quota in one transaction; False if the quota refused.
+
+    The charge locks the tenant's usage row, which every submission of the tenant
+    updates, until the commit: it is the last statement before the commit so that
+    concurrent submissions queue behind it as briefly as can be.
+    """
+    session.add(job)
+    session.flush()
+    if session.execute(quotas.usage_upsert(session, charge)).scalar_one_or_none() is None:
+        session.rollback()
+        return False
+    session.commit()
+    return True
+
+
 def submit_job(
     session: Session,
     celery: Celery,
@@ -109,7 +125,7 @@ def submit_job(
             return _replay(existing, fingerprint), True
     now = utcnow() if now is None else now
     try:
-        quotas.charge(session, tenant_id, kind, params, now)
+        charge = quotas.prepare_charge(session, tenant_id, kind, params, now)
     except SubmissionRefused:
         session.rollback()
         metrics.API_QUOTA_REJECTIONS.labels(kind=kind).inc()
@@ -124,9 +140,8 @@ def submit_job(
         callback_url=callback_url,
         schedule_id=schedule_id,
     )
-    session.add(job)
     try:
-        session.commit()
+        charged = _create_and_charge(session, job, charge)
     except IntegrityError:
         # Another request with the same key won the race; answer with its job.
         session.rollback()
@@ -134,6 +149,11 @@ def submit_job(
         if existing is None:
             raise
         return _replay(existing, fingerprint), True
+    if not charged:
+        refusal = quotas.refusal(session, charge, now)
+        session.rollback()
+        metrics.API_QUOTA_REJECTIONS.labels(kind=kind).inc()
+        raise refusal
 
     try:
         publish_job(celery, job)
