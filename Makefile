@@ -29,11 +29,13 @@ test-unit: install tools ## Run only the tests that need no services (ffmpeg is 
 
 bench: install services tools ## Run the benchmarks (minutes); results in bench/README.md and results.json
 	@$(UV) run --frozen python bench/vs_baseline.py
+	@$(UV) run --frozen python bench/scale.py
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 5 --emails 500
 	@$(UV) run --frozen python bench/transcodes.py
 
 bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/vs_baseline.py --runs 1 --seconds 3 --jobs 500 --no-save
+	@$(UV) run --frozen python bench/scale.py --rows 100000 --requests 30 --no-save
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
 	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --runs 1 --no-save
 

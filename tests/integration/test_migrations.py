@@ -30,7 +30,7 @@ def database_url() -> Iterator[str]:
 
 def test_migrations_match_the_models_and_round_trip(database_url: str) -> None:
     upgrade(database_url)
-    assert current_revision(database_url) == "0004"
+    assert current_revision(database_url) == "0005"
     engine = make_engine(database_url)
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
@@ -40,4 +40,4 @@ def test_migrations_match_the_models_and_round_trip(database_url: str) -> None:
     downgrade(database_url, "base")
     assert current_revision(database_url) is None
     upgrade(database_url)
-    assert current_revision(database_url) == "0004"
+    assert current_revision(database_url) == "0005"

@@ -23,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -106,6 +107,26 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
         Index("ix_jobs_parent_index", "parent_id", "batch_index"),
+        # GET /v1/jobs filtered by state or kind, newest first: without these, a rare
+        # value means walking a tenant's whole history (bench/scale.py).
+        Index(
+            "ix_jobs_tenant_state_created",
+            "tenant_id",
+            "state",
+            "created_at",
+            "id",
+            postgresql_where=text("parent_id IS NULL"),
+            sqlite_where=text("parent_id IS NULL"),
+        ),
+        Index(
+            "ix_jobs_tenant_kind_created",
+            "tenant_id",
+            "kind",
+            "created_at",
+            "id",
+            postgresql_where=text("parent_id IS NULL"),
+            sqlite_where=text("parent_id IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
