@@ -79,7 +79,8 @@ class Baseline:
 
     def start_api(self) -> str:
         port = free_port()
-        argv = [str(BIN / "uvicorn"), "baseline.app:api", "--port", str(port), "--no-access-log"]
+        # As the tutorials run it: `uvicorn main:app`, access log on (Sous logs each request too).
+        argv = [str(BIN / "uvicorn"), "baseline.app:api", "--port", str(port)]
         proc = Proc.start("baseline-api", argv, self.env, self.workdir / "baseline-api.log")
         self.processes.append(proc)
         url = f"http://127.0.0.1:{port}"

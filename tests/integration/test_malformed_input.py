@@ -110,3 +110,53 @@ def test_openapi_and_docs_are_served(api: Api) -> None:
     assert "/v1/fetches" in spec["paths"]
     assert "/v1/jobs/{job_id}/cancel" in spec["paths"]
     assert httpx.get(f"{api.url}/docs").status_code == 200
+
+
+def json_body_operations(api: Api) -> list[tuple[str, str]]:
+    """Every operation taking a JSON body, from the API's own description."""
+    spec = httpx.get(f"{api.url}/openapi.json").json()
+    return [
+        (method.upper(), path.replace("{schedule_id}", "00000000-0000-4000-8000-000000000000"))
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+
+
+def test_every_json_route_refuses_oversized_and_malformed_bodies(
+    api: Api, client: httpx.Client
+) -> None:
+    operations = json_body_operations(api)
+    assert {path for _, path in operations} >= {
+        "/v1/fetches",
+        "/v1/emails",
+        "/v1/transcodes",
+        "/v1/schedules",
+    }
+    huge = b'{"x": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+
+    def chunks():
+        yield huge[:1024]
+        yield from (huge[start : start + 65536] for start in range(1024, len(huge), 65536))
+
+    for method, path in operations:
+        json_headers = {"Content-Type": "application/json"}
+        declared = client.request(method, path, content=huge, headers=json_headers)
+        assert_error(declared, 413, "payload_too_large")
+        streamed = client.request(method, path, content=chunks(), headers=json_headers)
+        assert_error(streamed, 413, "payload_too_large")
+        assert_error(
+            client.request(method, path, content=b'{"url": ', headers=json_headers),
+            400,
+            "malformed_json",
+        )
+
+
+def test_a_multipart_text_field_past_its_limit_is_422(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/transcodes",
+        data={"options": '{"preset": "' + "p" * (65 * 1024) + '"}'},
+        files={"file": ("clip.mp4", b"not really a video", "video/mp4")},
+    )
+    assert_error(response, 422, "validation_error")
+    assert "options" in response.json()["error"]["message"]

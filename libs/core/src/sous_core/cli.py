@@ -1,15 +1,17 @@
-"""``sous``: the operator command line (tenants, keys, webhook secrets, migrations, queues)."""
+"""``sous``: the operator command line (tenants, keys, webhook secrets, migrations, queues,
+dead letters)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sous_core import apikeys, maintenance, quotas
+from sous_core import apikeys, dead_letter_admin, maintenance, quotas
 from sous_core.brokerstats import queue_stats
 from sous_core.db import migrate
 from sous_core.db.engine import session_scope
@@ -209,6 +211,76 @@ def queues(as_json: bool) -> None:
 
 def _count(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: task messages RabbitMQ gave up on after SOUS_MAX_DELIVERIES deliveries
+    (each killed its worker). Their jobs are already failed with code worker_lost."""
+
+
+@dlq.command("list")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most N."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def dlq_list(limit: int, as_json: bool) -> None:
+    """Show dead letters, oldest first, without consuming them (each is put back in place)."""
+    settings = get_settings()
+    letters = dead_letter_admin.list_dead_letters(
+        settings.broker_url, limit, settings.max_deliveries
+    )
+    if as_json:
+        click.echo(json.dumps({"dead_letters": [letter.as_json() for letter in letters]}))
+        return
+    click.echo(
+        f"{'JOB ID':<36}  {'TASK':<20} {'QUEUE':<12} {'REASON':<16} {'DELIVERIES':>10}  DIED AT"
+    )
+    for letter in letters:
+        died = letter.died_at.strftime("%Y-%m-%d %H:%M:%S") if letter.died_at else "-"
+        click.echo(
+            f"{letter.job_id or '-'!s:<36}  {letter.task or '-':<20} {letter.queue:<12} "
+            f"{letter.reason:<16} {_count(letter.deliveries):>10}  {died}"
+        )
+
+
+@dlq.command("replay")
+@click.argument("job_ids", nargs=-1, type=click.UUID, metavar="[JOB_ID]...")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+def dlq_replay(job_ids: tuple[uuid.UUID, ...], replay_all: bool) -> None:
+    """Run dead-lettered jobs again: each failed job goes back to queued (its attempts kept)
+    and its message back to the queue it came from, then leaves the dead-letter queue.
+
+    Fix what killed the workers first, or the job dies again and comes back here.
+    Exits 1 if any dead letter was left in place or a JOB_ID has none. Example:
+
+    \b
+        sous dlq replay 0b7e1c2a-6f7d-4c1e-9a55-3f1d2e4b5c6d
+    """
+    if bool(job_ids) == replay_all:
+        raise click.UsageError("give JOB_IDs or --all")
+    settings = get_settings()
+    report = dead_letter_admin.replay(
+        settings.broker_url, None if replay_all else job_ids, settings.max_deliveries
+    )
+    for letter in report.replayed:
+        click.echo(f"replayed {letter.job_id or letter.task} to {letter.queue}")
+    for letter, reason in report.skipped:
+        click.echo(f"left {letter.job_id or letter.task} in the dead-letter queue: {reason}")
+    for job_id in report.not_found:
+        click.echo(f"no dead letter for job {job_id}")
+    if report.skipped or report.not_found:
+        raise SystemExit(1)
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(yes: bool) -> None:
+    """Delete every dead letter for good (their jobs stay failed)."""
+    if not yes:
+        click.confirm("Delete every message in the dead-letter queue?", abort=True)
+    purged = dead_letter_admin.purge(get_settings().broker_url)
+    click.echo(f"purged {purged} dead letter(s)")
 
 
 @main.group("maintenance")

@@ -10,12 +10,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, event, func, or_, select, update
+from sqlalchemy import and_, delete, event, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sous_core import batches, metrics, webhooks
-from sous_core.db.models import Job, utcnow
-from sous_core.states import TERMINAL_STATES, IllegalTransition, JobState, sources_of
+from sous_core.db.models import Job, WebhookDelivery, utcnow
+from sous_core.states import (
+    OPERATOR_REQUEUE_SOURCES,
+    TERMINAL_STATES,
+    IllegalTransition,
+    JobState,
+    sources_of,
+)
 
 #: Largest page ``list_jobs`` returns.
 MAX_PAGE_SIZE = 200
@@ -27,6 +33,10 @@ class JobNotFound(LookupError):
 
 class InvalidCursor(ValueError):
     pass
+
+
+class RequeueRefused(ValueError):
+    """An operator asked to requeue a job that may not be run again (see ``requeue_failed``)."""
 
 
 def transition(
@@ -328,6 +338,51 @@ def cancel_children(session: Session, parent_id: uuid.UUID) -> None:
     _flag_cancel(session, and_(Job.parent_id == parent_id, Job.state == JobState.RUNNING.value))
     if batches.count_finished(session, parent_id, len(cancelled)):
         finish_batch(session, parent_id)
+
+
+def requeue_failed(session: Session, job_id: uuid.UUID) -> Job:
+    """Put a failed job back to ``queued`` for an operator replaying its dead letter.
+
+    The only move out of a final state (``states.OPERATOR_REQUEUE_SOURCES``); the caller
+    publishes the job's message in the same transaction. ``attempts`` is kept, so the
+    next run counts as one more attempt; ``result`` is kept too (an email job records
+    there that it was sent). The failure's error and finish time are cleared, and the
+    webhook it queued is dropped so the job's final outcome gets a delivery of its own.
+    Refused for a job of a batch (the batch already counted it finished) and for one
+    its tenant asked to cancel.
+    """
+    now = utcnow()
+    job = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.state.in_([state.value for state in OPERATOR_REQUEUE_SOURCES]),
+            Job.parent_id.is_(None),
+            Job.children_total.is_(None),
+            Job.cancel_requested.is_(False),
+        )
+        .values(
+            state=JobState.QUEUED.value,
+            queued_at=now,
+            updated_at=now,
+            finished_at=None,
+            error_code=None,
+            error_message=None,
+        )
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalar_one_or_none()
+    if job is not None:
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
+        return job
+    current = session.execute(select(Job).where(Job.id == job_id)).scalar_one_or_none()
+    if current is None:
+        raise JobNotFound(str(job_id))
+    if current.job_state not in OPERATOR_REQUEUE_SOURCES:
+        raise RequeueRefused(f"the job is {current.state}, not failed")
+    if current.cancel_requested:
+        raise RequeueRefused("its tenant asked to cancel the job")
+    raise RequeueRefused("the job is part of a batch, which already counted it finished")
 
 
 def mark_queued(session: Session, job_ids: Collection[uuid.UUID]) -> int:

@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Public base URL of the API, used in ``Location`` headers when set (else the request's).
     public_url: str = ""
+    #: Requests per second each tenant may make to ``/v1`` (a token bucket in Redis, shared
+    #: by every API replica; 429 past it); 0 turns rate limiting off.
+    rate_limit_per_second: float = Field(default=0.0, ge=0)
+    #: Requests a tenant may make in a burst above that rate (the bucket's size); 0: the
+    #: per-second rate, rounded up.
+    rate_limit_burst: int = Field(default=0, ge=0)
+    #: Redis the rate limiter keeps its buckets in; empty: the result backend's.
+    rate_limit_redis_url: str = ""
+    #: Browser origins allowed to call the API, comma-separated
+    #: (``https://app.example.com``); empty: no CORS headers at all.
+    cors_origins: str = ""
     #: Seconds the API waits for the broker (connect and publisher confirm) before answering 503.
     broker_publish_timeout: float = Field(default=1.5, gt=0, le=30)
     #: Deliveries of one message before RabbitMQ dead-letters it
@@ -181,6 +192,10 @@ class Settings(BaseSettings):
     @property
     def fetch_allowed_networks(self) -> tuple:
         return parse_networks(self.fetch_allow_networks)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def broker_is_amqp(self) -> bool:

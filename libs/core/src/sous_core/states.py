@@ -47,6 +47,12 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+#: The one way out of a final state, and on purpose not in ``TRANSITIONS``: an operator
+#: replaying a dead letter (``sous dlq replay``) puts its failed job back to ``queued``.
+#: No worker, sweep or API request can make this move (see ``jobs.requeue_failed``).
+OPERATOR_REQUEUE_SOURCES = frozenset({JobState.FAILED})
+
+
 def can_transition(current: JobState, target: JobState) -> bool:
     return target in TRANSITIONS[current]
 

@@ -8,12 +8,15 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from sous_api import metrics
 from sous_api.body_limit import BodySizeLimit
 from sous_api.errors import install_error_handlers
+from sous_api.rate_limit import RateLimiter
 from sous_api.request_metrics import RequestMetrics
 from sous_api.routes import emails, events, fetches, health, jobs, schedules, transcodes
+from sous_api.security_headers import SecurityHeaders
 from sous_core import telemetry
 from sous_core.celery_app import create_celery_app
 from sous_core.celery_metrics import install_publisher_metrics
@@ -28,11 +31,15 @@ Authenticate with `Authorization: Bearer <API key>` (`sous keys create --tenant 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
     app.state.celery = create_celery_app("sous-api", publisher_confirms=True)
+    app.state.rate_limiter = RateLimiter.from_settings(settings)
     # One request thread per database connection: more threads would only queue on the pool.
-    to_thread.current_default_thread_limiter().total_tokens = get_settings().database_pool_size
+    to_thread.current_default_thread_limiter().total_tokens = settings.database_pool_size
     yield
     app.state.celery.pool.force_close_all()
+    if app.state.rate_limiter is not None:
+        await app.state.rate_limiter.close()
 
 
 def create_app() -> FastAPI:
@@ -47,6 +54,16 @@ def create_app() -> FastAPI:
         max_bytes=settings.max_request_bytes,
         upload_paths={transcodes.router.prefix},
     )
+    if settings.cors_origin_list:
+        # Keys travel in the Authorization header, never in cookies: no credentials mode.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+        )
+    app.add_middleware(SecurityHeaders)
     # Outermost: a request refused by the body limit is counted too.
     app.add_middleware(RequestMetrics)
     install_publisher_metrics()

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from sous_api.errors import ApiError
+from sous_api.rate_limit import RateLimiter
 from sous_core import apikeys
 from sous_core.apikeys import Principal
 from sous_core.db.engine import session_factory
@@ -45,6 +46,7 @@ def _authenticate(session: Session, token: str) -> Principal | None:
 
 
 async def get_principal(request: Request) -> Principal:
+    """The key's tenant, once the key is checked and the tenant is within its rate limit."""
     header = request.headers.get("authorization")
     if not header:
         raise ApiError(
@@ -69,6 +71,17 @@ async def get_principal(request: Request) -> Principal:
             "The API key is unknown, revoked or expired.",
             headers=BEARER_CHALLENGE,
         )
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        decision = await limiter.check(principal.tenant_id)
+        if not decision.allowed:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Too many requests: this tenant may make {limiter.per_second:g} per second "
+                f"(bursts of {limiter.burst}); retry in {decision.retry_after} s.",
+                headers={"Retry-After": str(decision.retry_after)},
+            )
     return principal
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("sous.api")
@@ -26,6 +27,69 @@ STATUS_CODES = {
     429: "too_many_requests",
     503: "service_unavailable",
 }
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(
+        description="Where the problem is: ``url``, ``options.preset``, ``query.limit``."
+    )
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Stable and machine-readable, e.g. ``job_not_found``.")
+    message: str = Field(description="What went wrong, for people.")
+    details: list[FieldProblem] | None = Field(
+        default=None, description="Each problem of a ``validation_error``."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error the API answers."""
+
+    error: ErrorInfo
+
+
+#: What each documented error status means, across routes.
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request: the body is not valid JSON or multipart, or a cursor is not one "
+    "this API returned.",
+    401: "No API key, or one that is unknown, revoked or expired.",
+    404: "No such resource for this tenant (another tenant's ids are not found either).",
+    409: "The request conflicts with the resource's state.",
+    410: "The resource existed but is no longer stored.",
+    413: "The request body, upload or email is larger than the limit.",
+    415: "The request's content type is not one the route takes.",
+    422: "The request is well-formed but invalid; ``details`` names each problem.",
+    429: "Rate limit or daily quota exceeded; retry after ``Retry-After`` seconds when given.",
+    503: "A dependency (the broker) is unavailable; retry after ``Retry-After`` seconds.",
+}
+_RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
+    }
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the error body's schema.
+
+    ``APIRouter(responses=error_responses(401, 422, 429))`` documents them for every
+    route of the router; a route adds its own with ``responses=error_responses(404)``.
+    """
+    return {
+        code: {
+            "model": ErrorResponse,
+            "description": ERROR_DESCRIPTIONS[code],
+            **({"headers": _RETRY_AFTER_HEADER} if code in (429, 503) else {}),
+        }
+        for code in status_codes
+    }
+
+
+#: Every route under ``/v1``: needs a key, is rate limited, validates its parameters.
+AUTHENTICATED_ROUTE_ERRORS = error_responses(401, 422, 429)
 
 
 class ApiError(Exception):

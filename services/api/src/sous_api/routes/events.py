@@ -13,13 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sous_api.deps import PrincipalDep, run_db
-from sous_api.errors import ApiError
+from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, ApiError, error_responses
 from sous_api.routes.jobs import read_job
 from sous_api.schemas import JobResource
 from sous_core.apikeys import Principal
 from sous_core.db.models import Job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHENTICATED_ROUTE_ERRORS)
 
 #: Seconds between two looks at the job's row (each a short transaction of its own).
 POLL_INTERVAL_SECONDS = 0.5
@@ -71,7 +71,10 @@ async def _job_events(
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream."}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "An event stream."},
+        **error_responses(404),
+    },
 )
 async def job_events(
     job_id: uuid.UUID, request: Request, principal: PrincipalDep

@@ -7,15 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response, status
 
 from sous_api.deps import CeleryDep, PrincipalDep, run_db
+from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, error_responses
 from sous_api.routes.jobs import job_accepted
 from sous_api.schemas import JobResource
 from sous_api.submission import submit_job
 from sous_core.job_requests import FetchRequest
 
-router = APIRouter(prefix="/v1/fetches", tags=["fetches"])
+router = APIRouter(prefix="/v1/fetches", tags=["fetches"], responses=AUTHENTICATED_ROUTE_ERRORS)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobResource)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobResource,
+    responses=error_responses(400, 413, 503),
+)
 async def submit_fetch(
     body: FetchRequest,
     request: Request,

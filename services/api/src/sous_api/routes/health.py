@@ -6,12 +6,20 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from sous_api.deps import CeleryDep
 from sous_core.db.engine import get_engine
 
 router = APIRouter(tags=["health"])
+
+
+class Readiness(BaseModel):
+    status: str
+    #: ``ok`` or ``unreachable: <error>``, by dependency (``database``, ``broker``).
+    checks: dict[str, str]
+
 
 #: Seconds each readiness check may take.
 READINESS_TIMEOUT = 2.0
@@ -23,7 +31,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency does not answer."}},
+)
 def readyz(celery: CeleryDep) -> JSONResponse:
     """Ready when the database and the broker both answer; 503 naming what failed."""
     checks: dict[str, Any] = {}

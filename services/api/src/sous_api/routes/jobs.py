@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from sous_api.deps import CeleryDep, PrincipalDep, run_db
-from sous_api.errors import ApiError
+from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, ApiError, error_responses
 from sous_api.schemas import JobList, JobResource
 from sous_core import jobs, storage, webhooks
 from sous_core.apikeys import Principal
@@ -29,7 +29,7 @@ from sous_core.tasks import JobKind
 
 logger = logging.getLogger("sous.api")
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHENTICATED_ROUTE_ERRORS)
 
 
 def job_url(request: Request, job_id: uuid.UUID) -> str:
@@ -63,7 +63,7 @@ def read_job(session: Session, principal: Principal, job_id: uuid.UUID) -> JobRe
     return _resource(session, _tenant_job(session, principal, job_id))
 
 
-@router.get("/{job_id}", response_model=JobResource)
+@router.get("/{job_id}", response_model=JobResource, responses=error_responses(404))
 async def get_job(job_id: uuid.UUID, principal: PrincipalDep) -> JobResource:
     """A job's state, progress, timestamps, attempts, and result or error."""
     return await run_db(read_job, principal, job_id)
@@ -99,7 +99,7 @@ def _list_jobs(
     )
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=error_responses(400))
 async def list_jobs(
     principal: PrincipalDep,
     kind: Annotated[str | None, Query(max_length=32, description="Only jobs of this kind.")] = None,
@@ -229,7 +229,10 @@ def zip_stream(folder: Path, names: Sequence[str]) -> Iterator[bytes]:
 @router.get(
     "/{job_id}/output",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}, "application/zip": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/zip": {}}},
+        **error_responses(404, 410),
+    },
 )
 async def download_output(job_id: uuid.UUID, principal: PrincipalDep) -> Response:
     """The job's stored output, streamed: a fetched body, a transcoded file, or for an
@@ -271,7 +274,10 @@ def _hls_file(session: Session, principal: Principal, job_id: uuid.UUID, name: s
 @router.get(
     "/{job_id}/output/{name}",
     response_class=FileResponse,
-    responses={200: {"content": {media_type: {} for media_type in HLS_CONTENT_TYPES.values()}}},
+    responses={
+        200: {"content": {media_type: {} for media_type in HLS_CONTENT_TYPES.values()}},
+        **error_responses(404, 410),
+    },
 )
 async def download_output_file(job_id: uuid.UUID, name: str, principal: PrincipalDep) -> Response:
     """One file of an HLS output (``index.m3u8``, ``seg_000.ts``...), as listed in
@@ -300,7 +306,7 @@ def _thumbnail_file(session: Session, principal: Principal, job_id: uuid.UUID) -
 @router.get(
     "/{job_id}/thumbnail",
     response_class=FileResponse,
-    responses={200: {"content": {"image/jpeg": {}}}},
+    responses={200: {"content": {"image/jpeg": {}}}, **error_responses(404, 410)},
 )
 async def download_thumbnail(job_id: uuid.UUID, principal: PrincipalDep) -> Response:
     """The JPEG thumbnail a transcode made (``options.thumbnail_at``)."""
@@ -317,7 +323,12 @@ def _cancel_job(session: Session, principal: Principal, job_id: uuid.UUID) -> Jo
     return _resource(session, job)
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobResource)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobResource,
+    responses=error_responses(404, 409),
+)
 async def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, celery: CeleryDep) -> JobResource:
     """Cancel a job: a queued one never runs; a running one is asked to stop."""
     job = await run_db(_cancel_job, principal, job_id)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
 from sous_api.deps import PrincipalDep, run_db
-from sous_api.errors import ApiError
+from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, ApiError, error_responses
 from sous_api.submission import refusal_error
 from sous_core import schedules
 from sous_core.apikeys import Principal
@@ -23,7 +23,7 @@ from sous_core.schedules import MissedPolicy
 from sous_core.settings import get_settings
 from sous_core.submissions import SubmissionRefused
 
-router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=AUTHENTICATED_ROUTE_ERRORS)
 
 CRON_DESCRIPTION = (
     "When to fire, on the wall clock of ``timezone``: five fields "
@@ -169,7 +169,12 @@ def _create(session: Session, principal: Principal, body: ScheduleCreate) -> Sch
     return ScheduleResource.model_validate(schedule)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleResource)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ScheduleResource,
+    responses=error_responses(400, 413),
+)
 async def create_schedule(
     body: ScheduleCreate, request: Request, response: Response, principal: PrincipalDep
 ) -> ScheduleResource:
@@ -188,7 +193,7 @@ def _list(session: Session, principal: Principal, limit: int, cursor: str | None
     )
 
 
-@router.get("", response_model=ScheduleList)
+@router.get("", response_model=ScheduleList, responses=error_responses(400))
 async def list_schedules(
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
@@ -204,7 +209,7 @@ def _read(session: Session, principal: Principal, schedule_id: uuid.UUID) -> Sch
     return ScheduleResource.model_validate(schedule)
 
 
-@router.get("/{schedule_id}", response_model=ScheduleResource)
+@router.get("/{schedule_id}", response_model=ScheduleResource, responses=error_responses(404))
 async def get_schedule(schedule_id: uuid.UUID, principal: PrincipalDep) -> ScheduleResource:
     """A schedule, with its next and last tick."""
     return await run_db(_read, principal, schedule_id)
@@ -225,7 +230,9 @@ def _update(
     return ScheduleResource.model_validate(schedule)
 
 
-@router.patch("/{schedule_id}", response_model=ScheduleResource)
+@router.patch(
+    "/{schedule_id}", response_model=ScheduleResource, responses=error_responses(400, 404, 413)
+)
 async def update_schedule(
     schedule_id: uuid.UUID, body: ScheduleUpdate, principal: PrincipalDep
 ) -> ScheduleResource:
@@ -243,7 +250,12 @@ def _delete(session: Session, principal: Principal, schedule_id: uuid.UUID) -> N
     session.commit()
 
 
-@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete(
+    "/{schedule_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(404),
+)
 async def delete_schedule(schedule_id: uuid.UUID, principal: PrincipalDep) -> Response:
     """Delete a schedule and its runs; the jobs it already created stay."""
     await run_db(_delete, principal, schedule_id)
@@ -267,7 +279,9 @@ def _runs(
     )
 
 
-@router.get("/{schedule_id}/runs", response_model=ScheduleRunList)
+@router.get(
+    "/{schedule_id}/runs", response_model=ScheduleRunList, responses=error_responses(400, 404)
+)
 async def list_runs(
     schedule_id: uuid.UUID,
     principal: PrincipalDep,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from sous_api.deps import CeleryDep, PrincipalDep, get_principal, run_db
-from sous_api.errors import ApiError
+from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, ApiError, error_responses
 from sous_api.routes.jobs import job_accepted
 from sous_api.schemas import JobResource
 from sous_api.submission import refusal_error, submit_job
@@ -34,8 +34,12 @@ from sous_core.transcode_params import (
     UrlSource,
 )
 
-router = APIRouter(prefix="/v1/transcodes", tags=["transcodes"])
-presets_router = APIRouter(prefix="/v1/presets", tags=["transcodes"])
+router = APIRouter(
+    prefix="/v1/transcodes", tags=["transcodes"], responses=AUTHENTICATED_ROUTE_ERRORS
+)
+presets_router = APIRouter(
+    prefix="/v1/presets", tags=["transcodes"], responses=AUTHENTICATED_ROUTE_ERRORS
+)
 
 
 class TranscodeUrlRequest(BaseModel):
@@ -207,6 +211,7 @@ async def _transcode_url(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobResource,
+    responses=error_responses(400, 413, 415, 503),
     openapi_extra=_request_body_schemas(),
 )
 async def submit_transcode(
