@@ -173,6 +173,7 @@ def test_a_job_whose_worker_keeps_dying_is_dead_lettered_and_failed(
             assert done["state"] == "failed"
             assert done["error"]["code"] == "worker_lost"
             assert "dead-letter" in done["error"]["message"]
+            assert "delivered 2 times" in done["error"]["message"]
             assert done["attempts"] == 2
             healthy = client.post("/v1/fetches", json={"url": f"{origin.url}/ok"}).json()
             assert wait_for_job(client, healthy["id"], {"succeeded"})["attempts"] == 1

@@ -16,6 +16,7 @@ from kombu import Consumer, Message
 from sous_core import jobs, metrics
 from sous_core.db.engine import session_scope
 from sous_core.queues import DEAD_LETTER_JOBS_QUEUE, dead_letter_queue
+from sous_core.settings import get_settings
 from sous_core.states import IllegalTransition, JobState
 
 logger = logging.getLogger("sous.dead_letters")
@@ -35,10 +36,17 @@ def job_id_of(message: Message) -> uuid.UUID | None:
     return None
 
 
-def deliveries_of(message: Message) -> int | None:
-    deaths = (message.headers or {}).get("x-death") or []
-    counts = [death.get("count") for death in deaths if isinstance(death, dict)]
-    return max((c for c in counts if isinstance(c, int)), default=None)
+def reason_of(message: Message, max_deliveries: int) -> str:
+    """Why RabbitMQ dead-lettered the message, in words.
+
+    ``x-death``'s ``count`` is how many times the message was dead-lettered (once), not
+    how often it was delivered; a quorum queue dead-letters with ``delivery_limit`` once
+    the message was delivered ``max_deliveries`` times (its ``x-delivery-limit`` + 1).
+    """
+    reason = str((message.headers or {}).get("x-first-death-reason", "dead-lettered"))
+    if reason == "delivery_limit":
+        return f"delivery_limit: delivered {max_deliveries} times"
+    return reason
 
 
 def fail_dead_lettered_job(job_id: uuid.UUID, reason: str) -> bool:
@@ -71,11 +79,7 @@ def handle_dead_letter(_body: Any, message: Message) -> None:
     if job_id is None:
         logger.error("dead letter without a job id; headers=%r", message.headers)
     else:
-        reason = (message.headers or {}).get("x-first-death-reason", "dead-lettered")
-        deliveries = deliveries_of(message)
-        if deliveries is not None:
-            reason = f"{reason} after {deliveries} deliveries"
-        fail_dead_lettered_job(job_id, str(reason))
+        fail_dead_lettered_job(job_id, reason_of(message, get_settings().max_deliveries))
     message.ack()
 
 
