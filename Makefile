@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit check fmt services tools bench bench-quick up down dev
+.PHONY: help install run test test-unit chaos check fmt services tools bench bench-quick up down dev
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,15 +27,20 @@ test: install services tools ## Run the whole suite against the real services
 test-unit: install tools ## Run only the tests that need no services (ffmpeg is a tool, not a service)
 	@$(UV) run --frozen pytest -m "not integration" libs services tests/test_architecture.py
 
+chaos: install tools ## Fault suite (minutes): kill, freeze and restart under load; prints the invariants
+	@$(UV) run --frozen python scripts/chaos.py $(CHAOS_ARGS)
+
 bench: install services tools ## Run the benchmarks (minutes); results in bench/README.md and results.json
 	@$(UV) run --frozen python bench/vs_baseline.py
 	@$(UV) run --frozen python bench/scale.py
+	@$(UV) run --frozen python bench/isolation.py
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 5 --emails 500
 	@$(UV) run --frozen python bench/transcodes.py
 
 bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/vs_baseline.py --runs 1 --seconds 3 --jobs 500 --no-save
 	@$(UV) run --frozen python bench/scale.py --rows 100000 --requests 30 --no-save
+	@$(UV) run --frozen python bench/isolation.py --emails 20 --gets 50 --transcodes 6 --clip-seconds 2 --no-save
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
 	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --runs 1 --no-save
 

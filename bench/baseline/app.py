@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import smtplib
+import subprocess
 from email.message import EmailMessage
 from typing import Any
 
@@ -54,6 +55,18 @@ def send_email(to: list[str], subject: str, text: str) -> str:
     return "sent"
 
 
+@celery.task
+def transcode(source: str, target: str) -> str:
+    """The same work as Sous's mp4-h264-720p preset, on the one and only queue."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", source,
+         "-vf", "scale=-2:'min(720,ih)'", "-c:v", "libx264", "-preset", "veryfast",
+         "-crf", "23", "-c:a", "aac", target],
+        check=True,
+    )  # fmt: skip
+    return target
+
+
 api = FastAPI(title="baseline")
 
 
@@ -75,6 +88,16 @@ def submit_fetch(body: FetchIn) -> dict[str, str]:
 @api.post("/email", status_code=202)
 def submit_email(body: EmailIn) -> dict[str, str]:
     return {"task_id": send_email.delay(body.to, body.subject, body.text).id}
+
+
+class TranscodeIn(BaseModel):
+    source: str
+    target: str
+
+
+@api.post("/transcode", status_code=202)
+def submit_transcode(body: TranscodeIn) -> dict[str, str]:
+    return {"task_id": transcode.delay(body.source, body.target).id}
 
 
 @api.get("/tasks/{task_id}")

@@ -49,6 +49,11 @@ def pool_children(pid: int) -> list[int]:
     return [int(line) for line in out.split()]
 
 
+def niceness(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[16])
+
+
 def test_a_prefork_worker_counts_every_task_of_every_child_even_a_killed_one(
     tmp_path: Path,
 ) -> None:
@@ -70,6 +75,8 @@ def test_a_prefork_worker_counts_every_task_of_every_child_even_a_killed_one(
             # Kill the children that ran those tasks: their counts must stay in the totals.
             children = pool_children(worker.popen.pid)
             assert len(children) == 2, children
+            # Transcodes yield the CPU to the API and the fast pool (SOUS_HEAVY_WORKER_NICE).
+            assert {niceness(pid) for pid in [worker.popen.pid, *children]} == {10}
             for pid in first_pids:
                 os.kill(pid, signal.SIGKILL)
             wait_until(

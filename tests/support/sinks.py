@@ -7,9 +7,10 @@ import email.policy
 import http.server
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
@@ -24,6 +25,8 @@ class Delivered:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
+    #: When the sink accepted it (Unix time).
+    received_at: float = field(default_factory=time.time)
 
 
 class SmtpSink:

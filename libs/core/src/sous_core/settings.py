@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     #: ``transcode_min_time_limit`` seconds; past it ffmpeg is stopped and the job fails.
     transcode_time_factor: float = Field(default=10.0, gt=0)
     transcode_min_time_limit: float = Field(default=120.0, gt=0)
+    #: Niceness the heavy worker (and its ffmpeg) raises itself to, so that on a shared
+    #: machine the API and the fast pool stay responsive while transcodes use every core.
+    heavy_worker_nice: int = Field(default=10, ge=0, le=19)
     #: Log level of every Sous process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``json`` (one JSON object per line), ``text`` (readable lines), or ``auto``: text

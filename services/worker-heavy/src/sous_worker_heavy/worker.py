@@ -25,9 +25,13 @@ observe_worker("sous-worker-heavy", prefork=True)
 @celeryd_init.connect
 def _before_pool_starts(options: dict[str, Any] | None = None, **_kwargs: Any) -> None:
     """Prepare what the pool's children inherit: metrics shared through files, pool size."""
+    settings = get_settings()
     # Before any labelled metric value exists, so every one of them lives in the shared
     # folder and a scrape of the main process sums all children (dead ones included).
-    prepare_multiprocess(get_settings().metrics_multiproc_dir)
+    prepare_multiprocess(settings.metrics_multiproc_dir)
+    # Lower CPU priority for the pool and its ffmpeg processes (inherited on fork).
+    if settings.heavy_worker_nice:
+        os.nice(settings.heavy_worker_nice)
     # How many children share the cores (sizes ffmpeg's threads).
     concurrency = (options or {}).get("concurrency") or os.cpu_count() or 1
     os.environ[POOL_SIZE_VARIABLE] = str(concurrency)
