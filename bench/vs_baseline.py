@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="enqueue runs per side")
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs in the end-to-end run")
     parser.add_argument("--skip", choices=["enqueue", "e2e"], action="append", default=[])
+    parser.add_argument("--keep", action="store_true", help="keep the processes' logs")
     parser.add_argument(
         "--no-save", action="store_true", help="print only; leave bench/results.json alone"
     )
@@ -304,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     origin = Origin()
     results: dict[str, Any] = {"machine": machine(), "date": now()}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with contextlib.ExitStack() as cleanup:
+            tmp = tempfile.mkdtemp(prefix="sous-bench-")
+            if not args.keep:
+                cleanup.callback(shutil.rmtree, tmp, True)
+            print(f"logs in {tmp}", file=sys.stderr)
             if "enqueue" not in args.skip:
                 results["enqueue"] = enqueue(args, origin, Path(tmp))
             if "e2e" not in args.skip:
