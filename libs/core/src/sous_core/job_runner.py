@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from celery import Celery, Task
 from pydantic import BaseModel, ValidationError
@@ -132,7 +133,10 @@ def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
     telemetry.mark_job(job_id)
     with job_context(job_id):
         delivery_info = task.request.delivery_info or {}
-        context = _start(job_id, redelivered=bool(delivery_info.get("redelivered")))
+        try:
+            context = _start(job_id, redelivered=bool(delivery_info.get("redelivered")))
+        except OperationalError as exc:
+            _retry_start(task, job_id, exc)
         if context is None:
             return
         cancel_watch.WATCH.watch(job_id)
@@ -206,6 +210,24 @@ def _start(job_id: uuid.UUID, redelivered: bool = False) -> JobContext | None:
         attempt=job.attempts,
         result=dict(job.result) if job.result else None,
     )
+
+
+#: Retries of a job whose start could not be recorded: no limit, since the job is still
+#: queued and acknowledging its only message would leave it queued forever.
+START_RETRY_LIMIT = sys.maxsize
+
+
+def _retry_start(task: Task, job_id: uuid.UUID, exc: OperationalError) -> NoReturn:
+    """Publish the job's task again later: the database was unreachable to start it."""
+    settings = get_settings()
+    delay = retry_delay(task.request.retries, settings.retry_backoff, settings.retry_backoff_max)
+    logger.warning(
+        "job %s not started: the job database is unreachable (%s); trying again in %ds",
+        job_id,
+        type(exc.orig or exc).__name__,
+        delay,
+    )
+    raise task.retry(countdown=delay, max_retries=START_RETRY_LIMIT)
 
 
 def _explain_not_started(session: Session, job_id: uuid.UUID) -> None:

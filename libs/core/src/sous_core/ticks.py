@@ -1,8 +1,14 @@
-"""Claiming a maintenance tick: the first scheduler to insert (name, tick) fires it."""
+"""Maintenance ticks: the first scheduler to insert (name, tick) fires it; stale ones are skipped.
+
+A tick's message says until when it is worth running (a header the worker checks), not a
+message TTL: RabbitMQ would dead-letter an expired message into ``dead_letter``, where it
+would page an operator (``SousDeadLetterQueueNotEmpty``) for a tick the next one replaces.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,3 +39,27 @@ def last_claimed(session: Session, name: str) -> datetime | None:
     return session.execute(
         select(func.max(MaintenanceTick.tick)).where(MaintenanceTick.name == name)
     ).scalar_one_or_none()
+
+
+#: Message headers of a maintenance tick (seen on the task's ``request``).
+TICK_HEADER = "sous_tick"
+TICK_EXPIRES_HEADER = "sous_tick_expires"
+
+
+def tick_headers(tick: datetime, expires: float | None) -> dict[str, str]:
+    """Headers naming the tick and, if it has one, the time after which it is stale."""
+    headers = {TICK_HEADER: tick.isoformat()}
+    if expires is not None:
+        headers[TICK_EXPIRES_HEADER] = (tick + timedelta(seconds=expires)).isoformat()
+    return headers
+
+
+def is_stale(request: Any, now: datetime) -> bool:
+    """True when the tick a maintenance task runs for has expired (the next one replaces it)."""
+    deadline = getattr(request, TICK_EXPIRES_HEADER, None)
+    if not isinstance(deadline, str):
+        return False
+    try:
+        return datetime.fromisoformat(deadline) < now
+    except ValueError:
+        return False

@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("sous.api")
@@ -62,7 +64,8 @@ ERROR_DESCRIPTIONS = {
     415: "The request's content type is not one the route takes.",
     422: "The request is well-formed but invalid; ``details`` names each problem.",
     429: "Rate limit or daily quota exceeded; retry after ``Retry-After`` seconds when given.",
-    503: "A dependency (the broker) is unavailable; retry after ``Retry-After`` seconds.",
+    503: "A dependency (the broker or the job database) is unavailable; retry after "
+    "``Retry-After`` seconds.",
 }
 _RETRY_AFTER_HEADER = {
     "Retry-After": {
@@ -88,8 +91,11 @@ def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-#: Every route under ``/v1``: needs a key, is rate limited, validates its parameters.
-AUTHENTICATED_ROUTE_ERRORS = error_responses(401, 422, 429)
+#: Every route under ``/v1``: needs a key, is rate limited, validates its parameters, and
+#: answers 503 while the job database is unreachable.
+AUTHENTICATED_ROUTE_ERRORS = error_responses(401, 422, 429, 503)
+#: Seconds a client should wait before retrying when the database is unreachable.
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class ApiError(Exception):
@@ -160,6 +166,23 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", f"Invalid request: {summary}", None, details)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database refused or dropped the connection: the client may retry, it is not a bug."""
+    logger.warning(
+        "database unavailable on %s %s: %s",
+        request.method,
+        request.url.path,
+        exc.__class__.__name__,
+    )
+    return error_response(
+        503,
+        "database_unavailable",
+        "The job database is unreachable right now. Retry shortly; a submission retried with "
+        "the same Idempotency-Key is never accepted twice.",
+        {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "An unexpected error occurred.")
@@ -169,4 +192,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    # Connection refused, dropped or timed out (pool exhausted); not constraint violations.
+    for unavailable in (OperationalError, InterfaceError, SqlAlchemyTimeout):
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -24,7 +24,7 @@ from sous_core import metrics
 from sous_core.db.engine import session_scope
 from sous_core.db.models import utcnow
 from sous_core.settings import get_settings
-from sous_core.ticks import claim_tick, last_claimed
+from sous_core.ticks import claim_tick, last_claimed, tick_headers
 from sous_scheduler import firing
 from sous_scheduler.schedule import MaintenanceEntry, maintenance_schedule
 
@@ -94,11 +94,9 @@ class SousScheduler(beat.Scheduler):
                 return
             # Published before the claim commits: if the broker refuses, the claim
             # rolls back and the tick is tried again.
+            # Expiry travels in a header, not as a message TTL: see sous_core.ticks.
             self.app.send_task(
-                entry.task,
-                expires=entry.expires,
-                ignore_result=True,
-                headers={"sous_tick": tick.isoformat()},
+                entry.task, ignore_result=True, headers=tick_headers(tick, entry.expires)
             )
         _count_fired("maintenance")
         logger.info("fired %s for tick %s", entry.name, tick.isoformat())

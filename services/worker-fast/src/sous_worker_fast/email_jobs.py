@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sous_core import metrics, telemetry
 from sous_core.email_params import EmailParams
@@ -13,6 +15,34 @@ from sous_core.settings import get_settings
 from sous_worker_fast.mailing import SmtpConfig, send_email
 
 logger = logging.getLogger("sous.email")
+
+T = TypeVar("T")
+
+
+def run_to_completion(work: Callable[[], T]) -> T:
+    """Run ``work`` so that killing the calling greenlet cannot cut it short.
+
+    Celery cancels a gevent worker's running tasks when its broker connection drops (their
+    messages will be redelivered). Killed between the SMTP server's acceptance and the
+    checkpoint that records it, an email task would send again on redelivery. Here the
+    send and its checkpoint run in a greenlet of their own: a kill waits for them to finish
+    (bounded by the SMTP timeouts), so the redelivered task finds the checkpoint.
+    Outside a gevent worker ``work`` just runs.
+    """
+    try:
+        from gevent import GreenletExit, spawn
+        from gevent.monkey import is_module_patched
+    except ImportError:  # pragma: no cover - gevent is a dependency of this worker
+        return work()
+    if not is_module_patched("socket"):
+        return work()
+    greenlet = spawn(contextvars.copy_context().run, work)
+    try:
+        return greenlet.get()
+    except GreenletExit:
+        logger.warning("email task cancelled mid-send; letting the send and its record finish")
+        greenlet.join()
+        raise
 
 
 def run_email(context: JobContext) -> dict[str, Any]:
@@ -36,8 +66,10 @@ def run_email(context: JobContext) -> dict[str, Any]:
         **{"server.address": config.host, "server.port": config.port},
     ) as span:
         try:
-            result = send_email(
-                params, config, job_id=str(context.job_id), on_sent=context.checkpoint
+            result = run_to_completion(
+                lambda: send_email(
+                    params, config, job_id=str(context.job_id), on_sent=context.checkpoint
+                )
             )
         except JobError as exc:
             telemetry.mark_error(span, exc.code)

@@ -17,13 +17,13 @@ _engine_pid: int | None = None
 _sessionmaker: sessionmaker[Session] | None = None
 
 
-def make_engine(url: str, pool_size: int = 10) -> Engine:
+def make_engine(url: str, pool_size: int = 10, **options: Any) -> Engine:
     """An engine with the pragmas and pool settings Sous relies on."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         # No overflow: connections beyond the pool would be opened and closed per use.
@@ -31,7 +31,23 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5},
+        **options,
     )
+    event.listen(engine, "handle_error", _mid_query_connection_is_lost)
+    return engine
+
+
+def _mid_query_connection_is_lost(context: Any) -> None:
+    """Treat a pooled connection left in the middle of a query as a lost one.
+
+    A gevent worker's task greenlet can be killed (Celery cancels running tasks when the
+    broker connection drops) while its connection runs a query, even the pool's pre-ping;
+    the connection then returns to the pool busy, and psycopg refuses any further command
+    on it ("connection in transaction status ACTIVE"). Marked as a disconnect, the pool
+    throws it away and the pre-ping opens a fresh one instead of failing the next job.
+    """
+    if "connection in transaction status ACTIVE" in str(context.original_exception):
+        context.is_disconnect = True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
