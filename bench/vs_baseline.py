@@ -212,9 +212,16 @@ def _summarise(results: list[dict]) -> dict[str, Any]:
 # --- end to end ------------------------------------------------------------------------
 
 
-async def submit_all(target: Target, bodies: list[dict], connections: int) -> None:
+async def submit_all(target: Target, bodies: list[dict], connections: int) -> int:
+    """POST every body; returns how many requests were retried after a transport error.
+
+    A retried Sous submission carries the same Idempotency-Key, so it never makes a second
+    job; the baseline has no such key (a retry there could queue a task twice).
+    """
     headers = {"Authorization": f"Bearer {target.key}"} if target.key else {}
-    limits = httpx.Limits(max_connections=connections)
+    # Idle connections expire on the client before uvicorn's 5 s keep-alive closes them.
+    limits = httpx.Limits(max_connections=connections, keepalive_expiry=2)
+    retried = 0
     queue: asyncio.Queue[dict] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
@@ -222,22 +229,34 @@ async def submit_all(target: Target, bodies: list[dict], connections: int) -> No
         base_url=target.url, headers=headers, limits=limits, timeout=30
     ) as client:
 
+        async def post(body: dict) -> httpx.Response:
+            nonlocal retried
+            key = {"Idempotency-Key": secrets.token_hex(16)}
+            for attempt in range(3):
+                try:
+                    return await client.post(target.path, json=body, headers=key)
+                except httpx.TransportError:
+                    if attempt == 2:
+                        raise
+                    retried += 1
+            raise AssertionError("unreachable")
+
         async def sender() -> None:
             while not queue.empty():
-                body = queue.get_nowait()
-                response = await client.post(target.path, json=body)
+                response = await post(queue.get_nowait())
                 if response.status_code != 202:
                     raise RuntimeError(f"{target.name}: {response.status_code} {response.text}")
 
         await asyncio.gather(*(sender() for _ in range(connections)))
+    return retried
 
 
 def drain(target: Target, bodies: list[dict], connections: int, finished: Callable[[], int]):
     started = time.perf_counter()
-    asyncio.run(submit_all(target, bodies, connections))
+    retried = asyncio.run(submit_all(target, bodies, connections))
     submitted = time.perf_counter() - started
     wait_until(lambda: finished() >= len(bodies), 600, f"{target.name}: every job", 0.1)
-    return submitted, time.perf_counter() - started
+    return submitted, time.perf_counter() - started, retried
 
 
 def sous_finished(stack: Stack) -> Callable[[], int]:
@@ -262,19 +281,19 @@ def end_to_end(args: argparse.Namespace, origin: Origin, workdir: Path) -> dict[
             stack.start_fast_worker(f"fast-{n}", concurrency=100)
         api = stack.start_api()
         target = Target("sous", api.url, "/v1/fetches", stack.create_key("bench"))
-        submitted, total = drain(target, bodies, args.connections, sous_finished(stack))
+        submitted, total, retried = drain(target, bodies, args.connections, sous_finished(stack))
         with psycopg.connect(
             stack.database_url().replace("postgresql+psycopg://", "postgresql://")
         ) as conn:
             states = dict(
                 conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
             )
-        results["sous"] = _e2e(args.jobs, submitted, total, states)
+        results["sous"] = _e2e(args.jobs, submitted, total, states, retried)
     with baseline_stack(workdir) as base:
         base.start_worker()
         target = Target("baseline", base.start_api(), "/fetch")
-        submitted, total = drain(target, bodies, args.connections, base.finished)
-        results["baseline"] = _e2e(args.jobs, submitted, total, base.states())
+        submitted, total, retried = drain(target, bodies, args.connections, base.finished)
+        results["baseline"] = _e2e(args.jobs, submitted, total, base.states(), retried)
     results["ratio_jobs_per_s"] = round(
         results["sous"]["jobs_per_s"] / results["baseline"]["jobs_per_s"], 3
     )
@@ -282,8 +301,11 @@ def end_to_end(args: argparse.Namespace, origin: Origin, workdir: Path) -> dict[
     return results
 
 
-def _e2e(jobs: int, submitted: float, total: float, states: dict[str, int]) -> dict[str, Any]:
+def _e2e(
+    jobs: int, submitted: float, total: float, states: dict[str, int], retried: int
+) -> dict[str, Any]:
     return {
+        "retried_requests": retried,
         "submit_s": round(submitted, 2),
         "total_s": round(total, 2),
         "jobs_per_s": round(jobs / total, 1),
