@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     transcode_min_time_limit: float = Field(default=120.0, gt=0)
     #: Niceness the heavy worker (and its ffmpeg) raises itself to, so that on a shared
     #: machine the API and the fast pool stay responsive while transcodes use every core.
-    heavy_worker_nice: int = Field(default=10, ge=0, le=19)
+    heavy_worker_nice: int = Field(default=19, ge=0, le=19)
     #: Log level of every Sous process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``json`` (one JSON object per line), ``text`` (readable lines), or ``auto``: text
