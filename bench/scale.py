@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, make_stack(Path(tmp)) as stack:
         key = stack.create_key("big")
         stack.create_key("neighbour")
-        url = stack.database_url().replace("postgresql+psycopg://", "postgresql://")
+        url = stack.libpq_url()
         big, neighbour = tenant_id(url, "big"), tenant_id(url, "neighbour")
         started = time.perf_counter()
         fill(url, big, args.rows)

@@ -260,7 +260,7 @@ def drain(target: Target, bodies: list[dict], connections: int, finished: Callab
 
 
 def sous_finished(stack: Stack) -> Callable[[], int]:
-    url = stack.database_url().replace("postgresql+psycopg://", "postgresql://")
+    url = stack.libpq_url()
 
     def count() -> int:
         with psycopg.connect(url) as conn:
@@ -282,9 +282,7 @@ def end_to_end(args: argparse.Namespace, origin: Origin, workdir: Path) -> dict[
         api = stack.start_api()
         target = Target("sous", api.url, "/v1/fetches", stack.create_key("bench"))
         submitted, total, retried = drain(target, bodies, args.connections, sous_finished(stack))
-        with psycopg.connect(
-            stack.database_url().replace("postgresql+psycopg://", "postgresql://")
-        ) as conn:
+        with psycopg.connect(stack.libpq_url()) as conn:
             states = dict(
                 conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
             )

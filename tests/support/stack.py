@@ -132,6 +132,10 @@ class Stack:
     def database_url(self) -> str:
         return self.env["SOUS_DATABASE_URL"]
 
+    def libpq_url(self) -> str:
+        """The database URL as psycopg takes it (no SQLAlchemy driver prefix)."""
+        return self.database_url().replace("postgresql+psycopg://", "postgresql://")
+
 
 @dataclass
 class Proc:
