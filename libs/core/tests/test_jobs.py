@@ -42,6 +42,32 @@ def test_transition_sets_state_timestamps_and_attempts(session: Session) -> None
     assert done.queued_at <= done.started_at <= done.finished_at
 
 
+def test_a_start_never_precedes_the_queued_time_another_process_wrote(session: Session) -> None:
+    # The API and a worker read their own clocks: the API's queued_at can be written a
+    # hair after the worker read its "now" for the start. The start must not precede it.
+    job = make_job(session)
+    ahead = datetime.now(UTC) + timedelta(seconds=5)
+    jobs.transition(session, job.id, JobState.QUEUED, queued_at=ahead)
+    session.commit()
+
+    running = jobs.transition(session, job.id, JobState.RUNNING)
+    session.commit()
+
+    assert running.queued_at == running.started_at
+    assert running.started_at < ahead
+
+
+def test_a_start_keeps_an_earlier_queued_time(session: Session) -> None:
+    job = make_job(session)
+    earlier = datetime.now(UTC) - timedelta(seconds=5)
+    jobs.transition(session, job.id, JobState.QUEUED, queued_at=earlier)
+    running = jobs.transition(session, job.id, JobState.RUNNING)
+    session.commit()
+
+    assert running.queued_at == earlier
+    assert running.started_at > earlier
+
+
 def test_illegal_transition_is_refused_and_changes_nothing(session: Session) -> None:
     job = make_job(session)
     jobs.transition(session, job.id, JobState.CANCELLED)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, event, func, or_, select, update
+from sqlalchemy import and_, case, delete, event, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sous_core import batches, metrics, webhooks
@@ -67,7 +67,15 @@ def transition(
         values.setdefault("started_at", now)
         values.setdefault("heartbeat_at", now)
         # A worker may start a job before the API has marked it queued: it was queued.
-        values.setdefault("queued_at", func.coalesce(Job.queued_at, now))
+        # Each process reads its own clock, so the API's queued_at can also land a hair
+        # after the worker's now; keep queued_at <= started_at either way.
+        values.setdefault(
+            "queued_at",
+            case(
+                (or_(Job.queued_at.is_(None), Job.queued_at > now), now),
+                else_=Job.queued_at,
+            ),
+        )
         values["attempts"] = Job.attempts + 1
     elif target in TERMINAL_STATES:
         values.setdefault("finished_at", now)
