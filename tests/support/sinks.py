@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from support.stack import LocalHttpServer, free_port
 
@@ -35,16 +35,39 @@ class SmtpSink:
     ``tempfail-once-<x>@…`` is answered 451 at DATA the first time, then accepted;
     ``reject-<x>@…`` gets 550 at DATA; ``nobody-<x>@…`` is refused at RCPT (550).
     ``on_quit`` (if set) runs when a client that delivered a message says QUIT.
+
+    With ``credentials`` (``(username, password)``) it offers AUTH PLAIN and LOGIN without
+    TLS and refuses recipients of a client that has not logged in; ``credentials`` can be
+    changed while it runs (a rotated password), and ``logins`` lists who logged in.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
         self.messages: list[Delivered] = []
         self.attempts: Counter[str] = Counter()
         self.on_quit: Callable[[], None] | None = None
+        self.credentials = credentials
+        self.logins: list[str] = []
         self._lock = threading.Lock()
         self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        auth: dict[str, Any] = {}
+        if credentials is not None:
+            auth = {"authenticator": self._authenticate, "auth_require_tls": False}
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **auth)
         self.controller.start()
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        given = (
+            (data.login.decode(errors="replace"), data.password.decode(errors="replace"))
+            if isinstance(data, LoginPassword)
+            else None
+        )
+        if given is None or given != self.credentials:
+            return AuthResult(success=False, handled=False)
+        with self._lock:
+            self.logins.append(given[0])
+        return AuthResult(success=True, auth_data=data)
 
     def close(self) -> None:
         self.controller.stop()
@@ -56,6 +79,8 @@ class SmtpSink:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
     ) -> str:
+        if self.credentials is not None and not session.authenticated:
+            return "530 5.7.0 Authentication required"
         if address.startswith("nobody-"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)

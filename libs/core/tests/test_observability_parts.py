@@ -10,8 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sous_core import metrics
-from sous_core.logs import ContextFilter, JsonFormatter, job_context, use_json
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy.orm import Session
+
+from sous_core import apikeys, metrics, telemetry
+from sous_core.logs import ContextFilter, JsonFormatter, TextFormatter, job_context, use_json
 from sous_core.metrics_process import forget_dead_processes
 
 #: The celery-exporter names the issue asks for; its public dashboards query these.
@@ -82,6 +87,55 @@ def test_exceptions_stay_inside_one_json_line() -> None:
     text = JsonFormatter().format(line)
     assert "\n" not in text
     assert "ValueError: bad" in json.loads(text)["exception"]
+
+
+def test_api_key_secrets_are_masked_in_text_and_json_lines(session: Session) -> None:
+    tenant, _ = apikeys.get_or_create_tenant(session, "acme")
+    token = apikeys.create_key(session, tenant).token
+    parts = apikeys.split_token(token)
+    assert parts is not None
+    prefix, secret = parts
+    # What uvicorn's access log writes for a client that put its key in the query string.
+    access = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:50000", "GET", f"/v1/jobs?api_key={token}&limit=2", "1.1", 200),
+        None,
+    )
+    try:
+        raise ValueError(f"no job called {token}")
+    except ValueError:
+        failed = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "on %s", (token,), sys.exc_info()
+        )
+    for line in (access, failed):
+        ContextFilter("sous-api").filter(line)
+        for formatter in (TextFormatter(), JsonFormatter()):
+            text = formatter.format(line)
+            assert secret not in text
+            assert f"sous_{prefix}_***" in text
+    assert f"api_key=sous_{prefix}_***&limit=2 HTTP/1.1" in TextFormatter().format(access)
+
+
+def test_the_request_span_loses_the_key_a_client_put_in_its_url() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    key = "sous_0123456789ab_" + "s3cr3t" * 7
+    target = f"/v1/jobs?api_key={key}"
+    with provider.get_tracer("test").start_as_current_span(
+        "GET /v1/jobs",
+        attributes={"http.target": target, "http.url": f"http://api{target}", "http.status": 1},
+    ) as span:
+        telemetry.redact_request_span(span, {})
+    (finished,) = exporter.get_finished_spans()
+    assert finished.attributes is not None
+    assert finished.attributes["http.target"] == "/v1/jobs?api_key=sous_0123456789ab_***"
+    assert finished.attributes["http.url"] == "http://api/v1/jobs?api_key=sous_0123456789ab_***"
+    assert finished.attributes["http.status"] == 1
 
 
 class Tty(io.StringIO):

@@ -3,6 +3,8 @@
 Every record carries the service, and when known the job id, the Celery task id and the
 trace and span ids, so a user's "my job is slow" leads from a log line to its trace.
 ``SOUS_LOG_FORMAT=auto`` writes readable text when stdout is a terminal, JSON otherwise.
+Both formats mask the secret of any API key in a line (a client that puts its key in a
+URL would otherwise have it written by the access log).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from sous_core.redaction import redact
 from sous_core.settings import get_settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s%(sous_context)s"
@@ -96,7 +99,17 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return redact(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines (``TEXT_FORMAT``) for people at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def use_json(log_format: str, stream: IO[str]) -> bool:
@@ -116,7 +129,7 @@ def configure_logging(service: str = "sous", level: str | None = None) -> None:
     if use_json(settings.log_format, stream):
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -27,6 +27,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from sous_core.redaction import redact
+
 logger = logging.getLogger("sous.telemetry")
 
 JOB_ID_ATTRIBUTE = "sous.job_id"
@@ -125,6 +127,21 @@ def outbound_span(
                 if value is not None:
                     span.set_attribute(key, value)
         yield span
+
+
+def redact_request_span(span: Span, _scope: dict[str, Any]) -> None:
+    """``server_request_hook`` of the API's instrumentation: mask API keys in the request
+    span's attributes (``http.url``, ``http.target``, ``url.query``: a key put in the URL)."""
+    attributes = getattr(span, "attributes", None)
+    if not span.is_recording() or not attributes:
+        return
+    masked = {
+        key: redact(value)
+        for key, value in dict(attributes).items()
+        if isinstance(value, str) and redact(value) != value
+    }
+    if masked:
+        span.set_attributes(masked)
 
 
 def mark_job(job_id: uuid.UUID | str) -> None:
