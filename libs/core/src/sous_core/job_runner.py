@@ -2,6 +2,10 @@
 
 Every job task goes through ``register_job_task`` so redelivery, cancellation,
 transient/permanent errors and bad payloads are handled the same way everywhere.
+
+PostgreSQL unreachable: a task that cannot record its start is published again
+(``_retry_start``); one that cannot record its outcome waits for the database (see
+``_record_outcome``); neither is acknowledged as done without its record.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 from celery import Celery, Task
+from celery.worker import state as worker_state
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -28,6 +33,7 @@ from sous_core.db.engine import session_scope
 from sous_core.db.models import utcnow
 from sous_core.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
 from sous_core.logs import job_context
+from sous_core.outage_wait import OutageOutlasted, write_through_outage
 from sous_core.settings import get_settings
 from sous_core.states import IllegalTransition, JobState
 from sous_core.tasks import JobPayload
@@ -61,29 +67,34 @@ class JobContext:
         """True once the job has been cancelled; cheap to call often (checks ~once a second)."""
         return cancel_watch.WATCH.cancelled(self.job_id)
 
-    def checkpoint(self, result: dict[str, Any], *, attempts: int = 3) -> None:
+    def checkpoint(self, result: dict[str, Any]) -> None:
         """Record a side effect that must not be repeated, before the task acknowledges.
 
-        A redelivered or retried job sees it in :attr:`result`. Tries a few times, since
-        losing the record would let a redelivery repeat the effect; if the database stays
-        unreachable, the job fails rather than risk doing it twice.
+        A redelivered or retried job sees it in :attr:`result`. While the database is
+        unreachable this waits for it, up to ``SOUS_OUTCOME_WRITE_PATIENCE_SECONDS``, since
+        losing the record would let a redelivery repeat the effect; it keeps waiting
+        through a worker shutdown for the same reason. If the database stays unreachable,
+        the job fails rather than risk doing it twice.
         """
-        for attempt in range(1, attempts + 1):
-            try:
-                with session_scope() as session:
-                    jobs.record_result(session, self.job_id, result)
-                self.result = result
-                return
-            except OperationalError as exc:
-                logger.warning(
-                    "job %s: recording a checkpoint failed (%d): %s", self.job_id, attempt, exc
-                )
-                time.sleep(0.5 * attempt)
-        raise PermanentJobError(
-            "checkpoint_failed",
-            "The work was done but the database was unreachable to record it; "
-            "it was not repeated. Check the outcome before submitting again.",
-        )
+
+        def record() -> None:
+            with session_scope() as session:
+                jobs.record_result(session, self.job_id, result)
+
+        try:
+            write_through_outage(
+                record,
+                what=f"job {self.job_id}: recording a checkpoint",
+                patience=get_settings().outcome_write_patience_seconds,
+            )
+        except OutageOutlasted as exc:
+            logger.error("%s", exc)
+            raise PermanentJobError(
+                "checkpoint_failed",
+                "The work was done but the database was unreachable to record it; "
+                "it was not repeated. Check the outcome before submitting again.",
+            ) from None
+        self.result = result
 
     def set_progress(self, percent: float, eta_seconds: float | None = None) -> None:
         """Record progress 0-100 and, if known, the seconds left (the job's ``eta_at``)."""
@@ -153,7 +164,8 @@ def _run_work(task: Task, context: JobContext, work: WorkFunction) -> None:
     try:
         result = work(context)
     except JobCancelled:
-        _finish(
+        _record_outcome(
+            task,
             job_id,
             JobState.CANCELLED,
             error_code="cancelled",
@@ -178,7 +190,7 @@ def _run_work(task: Task, context: JobContext, work: WorkFunction) -> None:
         if isinstance(result, AwaitChildren):
             logger.info("job %s fanned out in %.3fs", job_id, time.monotonic() - started)
             return
-        _finish(job_id, JobState.SUCCEEDED, result=result)
+        _record_outcome(task, job_id, JobState.SUCCEEDED, result=result)
         logger.info("job %s succeeded in %.3fs", job_id, time.monotonic() - started)
 
 
@@ -212,8 +224,9 @@ def _start(job_id: uuid.UUID, redelivered: bool = False) -> JobContext | None:
     )
 
 
-#: Retries of a job whose start could not be recorded: no limit, since the job is still
-#: queued and acknowledging its only message would leave it queued forever.
+#: Retries of a job whose start (or outcome) could not be recorded: no limit, since
+#: acknowledging its only message would leave the job queued (or running) with nothing
+#: left to run it.
 START_RETRY_LIMIT = sys.maxsize
 
 
@@ -251,21 +264,103 @@ def _explain_not_started(session: Session, job_id: uuid.UUID) -> None:
         logger.info("job %s not started: it is %s", job_id, job.state)
 
 
-def _finish(job_id: uuid.UUID, state: JobState, **values: Any) -> None:
-    with session_scope() as session:
-        try:
-            jobs.transition(session, job_id, state, **values)
-        except IllegalTransition as exc:
-            # Cancelled by the API while the work ran: the cancel stands.
-            logger.info("job %s outcome %s not recorded: %s", job_id, state.value, exc)
+def _record_outcome(task: Task, job_id: uuid.UUID, state: JobState, **values: Any) -> None:
+    """Record how the work ended; while the database is unreachable, wait for it.
+
+    The write is retried with backoff and jitter for up to
+    ``SOUS_OUTCOME_WRITE_PATIENCE_SECONDS`` (less if the worker is shutting down). Past
+    that, the task is published again with ``task.retry`` and this message acknowledged:
+    the job is not acknowledged as done without its outcome, and its next delivery
+    finds it ``running``, starts it again (a redelivery) and redoes the work, which every
+    task is written to survive (an email's checkpoint keeps it from being sent twice).
+
+    Why a new message rather than ``Reject(requeue=True)``: RabbitMQ counts a requeue
+    as a failed delivery, so a long outage would push the message to its delivery limit
+    and the dead-letter queue (``dead_letters``), failing the job as if it killed its
+    workers; a published retry starts with a fresh count, and its countdown rides
+    RabbitMQ's delayed delivery instead of coming straight back to a worker while the
+    database is still down. The cost is one broker publish, and one more on the task's
+    retry counter (as for ``_retry_start``).
+
+    Meanwhile the job stays watched (``cancel_watch``): its heartbeat resumes within a
+    second of the database's return, so the stuck-job reaper, which needs the database
+    too and judges by that heartbeat, does not take the job from this worker; the work
+    itself has ended, so nothing runs twice at once. Only if the reaper runs in that
+    second does it re-queue the job first; this write then finds it ``queued`` and is
+    dropped, or lands while the re-queued run is under way and that run's is refused:
+    either way the work runs once more, after this one, and one outcome stands. A worker
+    told to shut down stops waiting after its current attempt and hands the task back.
+    """
+    try:
+        _write_outcome(job_id, state, values)
+    except OutageOutlasted as exc:
+        _publish_unrecorded(task, job_id, exc)
 
 
-def _fail(job_id: uuid.UUID, error: JobError, task: Task | None = None) -> None:
+def _write_outcome(job_id: uuid.UUID, state: JobState, values: dict[str, Any]) -> None:
+    def write() -> None:
+        with session_scope() as session:
+            try:
+                jobs.transition(session, job_id, state, **values)
+            except IllegalTransition as exc:
+                _explain_unrecorded(job_id, state, exc)
+
+    write_through_outage(
+        write,
+        what=f"job {job_id}: recording state {state.value}",
+        patience=get_settings().outcome_write_patience_seconds,
+        stop_requested=_worker_stopping,
+    )
+
+
+def _explain_unrecorded(job_id: uuid.UUID, state: JobState, exc: IllegalTransition) -> None:
+    if exc.current is state:
+        # An earlier attempt committed, but the connection dropped before it heard so.
+        logger.info("job %s outcome %s was already recorded", job_id, state.value)
+    elif exc.current is JobState.QUEUED:
+        logger.warning(
+            "job %s outcome %s not recorded: the reaper re-queued the job while its outcome "
+            "waited for the database; it will run again",
+            job_id,
+            state.value,
+        )
+    else:
+        # Cancelled by the API while the work ran: the cancel stands.
+        logger.info("job %s outcome %s not recorded: %s", job_id, state.value, exc)
+
+
+def _worker_stopping() -> bool:
+    """Whether this worker was told to shut down (gevent pool; a prefork child never is).
+
+    Celery sets the flag to an exit code, often 0: compared by identity, as Celery does.
+    """
+    flags = (worker_state.should_stop, worker_state.should_terminate)
+    return any(flag is not None and flag is not False for flag in flags)
+
+
+#: Least seconds before the task a stopping worker hands back is due again. Until its
+#: consumer loop notices the shutdown, the worker still takes messages, and one it took
+#: would go back to the queue at its exit, counted by RabbitMQ as a failed delivery.
+STOPPING_REPUBLISH_DELAY = 10
+
+
+def _publish_unrecorded(task: Task, job_id: uuid.UUID, exc: OutageOutlasted) -> NoReturn:
+    """Publish the job's task again: its outcome could not be recorded, so the work reruns."""
+    settings = get_settings()
+    delay = retry_delay(task.request.retries, settings.retry_backoff, settings.retry_backoff_max)
+    if exc.stopping:
+        delay = max(delay, STOPPING_REPUBLISH_DELAY)
+    logger.error("%s; publishing the task again in %ds (the work will run again)", exc, delay)
+    raise task.retry(countdown=delay, max_retries=START_RETRY_LIMIT)
+
+
+def _fail(job_id: uuid.UUID, error: JobError, task: Task) -> None:
     logger.warning("job %s failed: %s: %s", job_id, error.code, error.message)
-    if task is not None:
-        # The task returns normally; count it as the failure it is (celery_task_failed_total).
-        setattr(task.request, JOB_FAILED_ATTRIBUTE, error.code)
-    _finish(job_id, JobState.FAILED, error_code=error.code, error_message=error.message)
+    # The task returns normally; count it as the failure it is (celery_task_failed_total).
+    setattr(task.request, JOB_FAILED_ATTRIBUTE, error.code)
+    _record_outcome(
+        task, job_id, JobState.FAILED, error_code=error.code, error_message=error.message
+    )
 
 
 def _retry_or_fail(task: Task, job_id: uuid.UUID, error: JobError) -> None:
@@ -279,7 +374,16 @@ def _retry_or_fail(task: Task, job_id: uuid.UUID, error: JobError) -> None:
         )
         return
     delay = retry_delay(retries, settings.retry_backoff, settings.retry_backoff_max)
-    _finish(job_id, JobState.RETRYING, error_code=error.code, error_message=error.message)
+    try:
+        _write_outcome(
+            job_id,
+            JobState.RETRYING,
+            {"error_code": error.code, "error_message": error.message},
+        )
+    except OutageOutlasted as exc:
+        # The retry below is what recording it would have led to; the job stays running
+        # until its next delivery starts it again.
+        logger.error("%s; retrying the job anyway", exc)
     logger.warning(
         "job %s: %s; retry %d/%d in %ds",
         job_id,

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=0, ge=0)
     #: Redis the rate limiter keeps its buckets in; empty: the result backend's.
     rate_limit_redis_url: str = ""
+    #: Seconds the API may reuse a successful API-key check before asking the database
+    #: again (per process): how long a revoked key can keep working. 0: check every request.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     #: Browser origins allowed to call the API, comma-separated
     #: (``https://app.example.com``); empty: no CORS headers at all.
     cors_origins: str = ""
@@ -77,6 +80,11 @@ class Settings(BaseSettings):
     #: capped by ``retry_backoff_max``.
     retry_backoff: float = Field(default=2.0, ge=0)
     retry_backoff_max: float = Field(default=300.0, ge=0)
+    #: Seconds a worker keeps retrying (backoff with jitter) to record a job's outcome or
+    #: checkpoint while the database is unreachable, before it publishes the task again and
+    #: the work is redone. Five minutes outlasts a PostgreSQL restart or an HA failover;
+    #: past that, a held worker slot costs more than redoing the work. 0: never wait.
+    outcome_write_patience_seconds: float = Field(default=300.0, ge=0, le=3600)
     #: CIDRs fetches may reach even though they are not public (e.g. ``127.0.0.2/32,10.1.0.0/16``).
     fetch_allow_networks: str = ""
     #: Per-hop timeout of a fetch in seconds.
