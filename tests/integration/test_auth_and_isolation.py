@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from support.stack import Api, Origin, Stack
+from support.stack import Api, Origin, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +34,28 @@ def test_requests_without_a_valid_key_are_401(api: Api, headers: dict[str, str])
             assert response.json()["error"]["code"] == "unauthorized"
 
 
-def test_revoked_key_is_refused(stack: Stack, api: Api) -> None:
+def test_revoked_key_is_refused_within_the_auth_cache_time(stack: Stack, api: Api) -> None:
+    # The API may reuse a key check for SOUS_AUTH_CACHE_SECONDS (5 s by default).
     key = stack.create_key_with_cli("revocation")
     with api.client(key) as client:
         assert client.get("/v1/jobs").status_code == 200
         stack.run("sous", "keys", "revoke", key)
-        response = client.get("/v1/jobs")
-    assert response.status_code == 401
+        response = wait_until(
+            lambda: (r := client.get("/v1/jobs")).status_code == 401 and r,
+            timeout=10,
+            what="the revoked key to be refused",
+            interval=0.2,
+        )
     assert "revoked" in response.json()["error"]["message"]
+
+
+def test_revocation_is_immediate_with_the_auth_cache_off(stack: Stack) -> None:
+    api = stack.start_api(env={**stack.env, "SOUS_AUTH_CACHE_SECONDS": "0"})
+    key = stack.create_key_with_cli("revocation-now")
+    with api.client(key) as client:
+        assert client.get("/v1/jobs").status_code == 200
+        stack.run("sous", "keys", "revoke", key)
+        assert client.get("/v1/jobs").status_code == 401
 
 
 def test_a_tenant_sees_only_its_own_jobs(stack: Stack, api: Api, origin: Origin) -> None:

@@ -32,6 +32,8 @@ class Principal:
     tenant_id: uuid.UUID
     tenant_name: str
     key_id: uuid.UUID
+    #: When the key stops being valid (``None``: never, unless revoked).
+    key_expires_at: datetime | None = None
 
 
 def _digest(secret: str) -> str:
@@ -93,7 +95,12 @@ def authenticate(session: Session, token: str) -> Principal | None:
     now = utcnow()
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         return None
-    return Principal(tenant_id=key.tenant_id, tenant_name=tenant_name, key_id=key.id)
+    return Principal(
+        tenant_id=key.tenant_id,
+        tenant_name=tenant_name,
+        key_id=key.id,
+        key_expires_at=key.expires_at,
+    )
 
 
 def revoke_key(session: Session, prefix: str) -> ApiKey | None:

@@ -11,13 +11,14 @@ limit, so concurrent submissions can never overshoot it. No limit row means unli
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import CursorResult, case, delete, select, update
+from sqlalchemy import CursorResult, Integer, bindparam, case, delete, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -85,15 +86,18 @@ class Charge(NamedTuple):
     day: date
     metric: str
     units: int
-    limit: int | None
+    #: Whether the charge is refused past the tenant's limit (False: usage only counted).
+    enforce: bool = True
 
 
 def prepare_charge(
     session: Session, tenant_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
 ) -> Charge:
-    """Read the limits and refuse what cannot fit whatever the usage; nothing is locked.
+    """The charge a job will make; nothing is read or locked for most kinds.
 
-    The charge itself is :func:`usage_upsert`, which may still refuse (usage too high).
+    The charge itself is :func:`apply_charge`, which reads the limit and refuses what
+    does not fit in the same statement. A transcode is refused here, up front, once the
+    tenant's input minutes are spent (they are only known, and charged, after probing).
     """
     day = utc_day(now)
     if kind == "transcode":
@@ -103,17 +107,21 @@ def prepare_charge(
         if limit is not None and used >= limit:
             raise _exceeded(TRANSCODE_INPUT_MINUTES, limit, used, 0, now)
     metric, units = units_of(kind, params)
-    limit = _limit(session, tenant_id, metric)
-    if limit is not None and units > limit:
-        raise _exceeded(metric, limit, _used(session, tenant_id, day, metric), units, now)
-    return Charge(tenant_id, day, metric, units, limit)
+    return Charge(tenant_id, day, metric, units)
 
 
 def refusal(session: Session, charge: Charge, now: datetime) -> submissions.SubmissionRefused:
-    """The error for a charge :func:`usage_upsert` refused."""
-    assert charge.limit is not None, "only a limit can refuse a charge"
+    """The error for a charge :func:`apply_charge` refused."""
+    limit = _limit(session, charge.tenant_id, charge.metric)
     used = _used(session, charge.tenant_id, charge.day, charge.metric)
-    return _exceeded(charge.metric, charge.limit, used, charge.units, now)
+    if limit is None:  # the limit was lifted since: say so rather than guess
+        return submissions.SubmissionRefused(
+            429,
+            "quota_exceeded",
+            f"The daily quota for {charge.metric} changed while this job was submitted; retry.",
+            retry_after=1,
+        )
+    return _exceeded(charge.metric, limit, used, charge.units, now)
 
 
 def charge(
@@ -126,7 +134,7 @@ def charge(
     locked until the caller commits or rolls back, so concurrent charges queue behind it.
     """
     prepared = prepare_charge(session, tenant_id, kind, params, now)
-    if session.execute(usage_upsert(session, prepared)).scalar_one_or_none() is None:
+    if apply_charge(session, prepared) is None:
         raise refusal(session, prepared, now)
 
 
@@ -157,10 +165,9 @@ def add_usage(
     check_metric(metric)
     if amount < 0:
         raise ValueError(f"usage only grows; got {amount}")
-    upsert = usage_upsert(session, Charge(tenant_id, utc_day(now), metric, amount, None))
-    used = session.execute(upsert).scalar_one_or_none()
+    used = apply_charge(session, Charge(tenant_id, utc_day(now), metric, amount, enforce=False))
     assert used is not None, "an unconditional upsert always returns the row"
-    return int(used)
+    return used
 
 
 def set_quota(session: Session, tenant_id: uuid.UUID, metric: str, daily_limit: int | None) -> None:
@@ -235,23 +242,60 @@ def _used(session: Session, tenant_id: uuid.UUID, day: date, metric: str) -> int
     return used or 0
 
 
-def usage_upsert(session: Session, charge: Charge) -> Any:
-    """Add the charge's units to its usage row if the sum stays within its limit.
+def apply_charge(session: Session, charge: Charge) -> int | None:
+    """Add the charge's units to its usage row if the sum stays within the tenant's limit.
 
-    One ``INSERT ... ON CONFLICT DO UPDATE ... WHERE used + units <= limit RETURNING used``
-    (no row returned: refused). PostgreSQL locks the conflicting row and evaluates the
-    condition on its latest committed version, so concurrent charges serialise on the
-    row and none overshoots. A missing row is inserted with ``units`` (callers check
-    ``units <= limit`` first).
+    Returns the usage after the charge, or ``None`` when the limit refused it. One
+    statement (built once per database dialect, see :func:`_usage_upsert`)::
+
+        INSERT INTO tenant_usage SELECT ..., units WHERE units <= coalesce(<limit>, units)
+        ON CONFLICT DO UPDATE SET used = used + units
+            WHERE used + units <= coalesce(<limit>, used + units)
+
+    where ``<limit>`` is a subquery on the tenant's quota (no quota: unlimited). PostgreSQL
+    locks the conflicting row and evaluates the condition on its latest committed version,
+    so concurrent charges serialise on the row and none overshoots. A charge that does
+    not ``enforce`` is added whatever the limit.
     """
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = _usage_upsert(session.get_bind().dialect.name, charge.enforce)
+    used = (
+        session.connection()
+        .execute(
+            statement,
+            {
+                "tenant_id": charge.tenant_id,
+                "day": charge.day,
+                "metric": charge.metric,
+                "units": charge.units,
+            },
+        )
+        .scalar_one_or_none()
+    )
+    return None if used is None else int(used)
+
+
+@functools.cache
+def _usage_upsert(dialect: str, enforce: bool) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    tenant_id = bindparam("tenant_id", type_=TenantUsage.tenant_id.type)
+    metric = bindparam("metric", type_=TenantUsage.metric.type)
+    units = bindparam("units", type_=Integer)
+    limit = (
+        select(TenantQuota.daily_limit)
+        .where(TenantQuota.tenant_id == tenant_id, TenantQuota.metric == metric)
+        .scalar_subquery()
+    )
+    new_row = select(tenant_id, bindparam("day", type_=TenantUsage.day.type), metric, units)
+    # (SQLite needs a WHERE before ON CONFLICT even when nothing is checked.)
+    new_row = new_row.where(units <= func.coalesce(limit, units) if enforce else true())
+    new_used = TenantUsage.used + units
     return (
         insert(TenantUsage)
-        .values(tenant_id=charge.tenant_id, day=charge.day, metric=charge.metric, used=charge.units)
+        .from_select(["tenant_id", "day", "metric", "used"], new_row)
         .on_conflict_do_update(
             index_elements=[TenantUsage.tenant_id, TenantUsage.day, TenantUsage.metric],
-            set_={"used": TenantUsage.used + charge.units},
-            where=None if charge.limit is None else TenantUsage.used + charge.units <= charge.limit,
+            set_={"used": new_used},
+            where=new_used <= func.coalesce(limit, new_used) if enforce else None,
         )
         .returning(TenantUsage.used)
     )

@@ -13,18 +13,19 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sous_core import jobs, metrics, quotas
 from sous_core.db.models import Job, utcnow
 from sous_core.enqueue import BrokerUnavailable, publish_job
-from sous_core.states import IllegalTransition, JobState
+from sous_core.states import JobState
 
 logger = logging.getLogger("sous.submissions")
 
@@ -84,20 +85,93 @@ def _find_by_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None
     ).scalar_one_or_none()
 
 
+_JOBS = cast(Table, Job.__table__)
+#: The job table's columns, in the order of the model.
+_JOB_COLUMNS = tuple(column.key for column in _JOBS.columns)
+#: Statements of the submission path, built once: each use only binds its values.
+_INSERT_JOB = insert(_JOBS)
+_MARK_QUEUED = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id.in_(bindparam("job_ids", expanding=True)),
+        _JOBS.c.state == JobState.PENDING.value,
+    )
+    .values(state=JobState.QUEUED.value, queued_at=bindparam("at"), updated_at=bindparam("at"))
+    .returning(_JOBS.c.id)
+)
+
+
+def _new_job(**values: Any) -> Job:
+    """A job not yet written, every column set (the model's defaults apply only on flush)."""
+    now = values.pop("now")
+    job = Job(
+        id=uuid.uuid4(),
+        state=JobState.PENDING.value,
+        progress=0,
+        result=None,
+        error_code=None,
+        error_message=None,
+        attempts=0,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+        queued_at=None,
+        started_at=None,
+        finished_at=None,
+        parent_id=None,
+        batch_index=None,
+        children_total=None,
+        children_finished=0,
+        heartbeat_at=None,
+        eta_at=None,
+        reaped=0,
+        **values,
+    )
+    return job
+
+
 def _create_and_charge(session: Session, job: Job, charge: quotas.Charge) -> bool:
     """Write the job row and charge its quota in one transaction; False if the quota refused.
 
-    The charge locks the tenant's usage row, which every submission of the tenant
-    updates, until the commit: it is the last statement before the commit so that
-    concurrent submissions queue behind it as briefly as can be.
+    Core statements rather than the ORM's unit of work: this runs for every job. The
+    charge locks the tenant's usage row, which every submission of the tenant updates,
+    until the commit: it is the last statement before the commit so that concurrent
+    submissions queue behind it as briefly as can be.
     """
-    session.add(job)
-    session.flush()
-    if session.execute(quotas.usage_upsert(session, charge)).scalar_one_or_none() is None:
+    session.connection().execute(_INSERT_JOB, {key: getattr(job, key) for key in _JOB_COLUMNS})
+    if quotas.apply_charge(session, charge) is None:
         session.rollback()
         return False
     session.commit()
     return True
+
+
+def mark_queued(
+    session: Session, job_ids: Collection[uuid.UUID]
+) -> tuple[datetime, set[uuid.UUID]]:
+    """``pending`` → ``queued`` for jobs whose messages the broker confirmed, and commit.
+
+    One statement and one commit however many jobs: the API marks every job confirmed
+    while its previous batch was being written in one go (group commit). Returns the
+    time written and the ids marked; a job missing from them was no longer pending (a
+    worker already started it).
+    """
+    now = utcnow()
+    rows = session.connection().execute(_MARK_QUEUED, {"job_ids": list(job_ids), "at": now})
+    marked = {row[0] for row in rows}
+    session.commit()
+    return now, marked
+
+
+def _mark_queued(session: Session, job: Job) -> Job:
+    """``pending`` → ``queued`` for one job; the job as it is now."""
+    now, marked = mark_queued(session, [job.id])
+    if job.id in marked:
+        job.state = JobState.QUEUED.value
+        job.queued_at = job.updated_at = now
+        return job
+    # A worker already picked the job up; report the state it has now.
+    return jobs.get_job(session, job.id)
 
 
 def submit_job(
@@ -110,12 +184,15 @@ def submit_job(
     callback_url: str | None = None,
     schedule_id: uuid.UUID | None = None,
     now: datetime | None = None,
+    queue_mark: bool = True,
 ) -> tuple[Job, bool]:
     """Create and enqueue a job; returns ``(job, replayed)``.
 
     The job is charged to the tenant's daily quota (``now``'s UTC day, the current time
     by default) in the transaction that creates it; a replay is not charged again.
-    Raises :class:`SubmissionRefused` when the job is not accepted.
+    Raises :class:`SubmissionRefused` when the job is not accepted. Without
+    ``queue_mark`` a new job is returned ``pending`` once its message is confirmed, and
+    the caller marks it with :func:`mark_queued` (in a batch with others).
     """
     key = check_idempotency_key(idempotency_key)
     fingerprint = request_fingerprint(kind, params, callback_url)
@@ -130,11 +207,11 @@ def submit_job(
         session.rollback()
         metrics.API_QUOTA_REJECTIONS.labels(kind=kind).inc()
         raise
-    job = Job(
+    job = _new_job(
+        now=utcnow(),
         tenant_id=tenant_id,
         kind=kind,
         params=params,
-        state=JobState.PENDING.value,
         idempotency_key=key,
         request_sha256=fingerprint,
         callback_url=callback_url,
@@ -179,11 +256,6 @@ def submit_job(
         ) from exc
 
     metrics.JOBS_SUBMITTED.labels(kind=kind).inc()
-    try:
-        job = jobs.transition(session, job.id, JobState.QUEUED, only_from={JobState.PENDING})
-        session.commit()
-    except IllegalTransition:
-        # A worker already picked the job up; report the state it has now.
-        session.rollback()
-        job = jobs.get_job(session, job.id)
-    return job, False
+    if not queue_mark:
+        return job, False
+    return _mark_queued(session, job), False

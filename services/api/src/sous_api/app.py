@@ -11,8 +11,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from sous_api import metrics
+from sous_api.auth_cache import PrincipalCache
 from sous_api.body_limit import BodySizeLimit
 from sous_api.errors import install_error_handlers
+from sous_api.queued_marks import QueuedMarker
 from sous_api.rate_limit import RateLimiter
 from sous_api.request_metrics import RequestMetrics
 from sous_api.routes import emails, events, fetches, health, jobs, schedules, transcodes
@@ -34,6 +36,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     app.state.celery = create_celery_app("sous-api", publisher_confirms=True)
     app.state.rate_limiter = RateLimiter.from_settings(settings)
+    app.state.principal_cache = PrincipalCache(settings.auth_cache_seconds)
+    app.state.queued_marker = QueuedMarker()
     # One request thread per database connection: more threads would only queue on the pool.
     to_thread.current_default_thread_limiter().total_tokens = settings.database_pool_size
     yield
@@ -70,7 +74,11 @@ def create_app() -> FastAPI:
     if telemetry.configure_tracing("sous-api"):
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        FastAPIInstrumentor.instrument_app(
+            app,
+            excluded_urls="healthz,readyz,metrics",
+            server_request_hook=telemetry.redact_request_span,
+        )
         telemetry.instrument_celery()
     app.include_router(health.router)
     app.include_router(metrics.router)

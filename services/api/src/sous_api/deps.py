@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from sous_api.auth_cache import PrincipalCache
 from sous_api.errors import ApiError
 from sous_api.rate_limit import RateLimiter
 from sous_core import apikeys
@@ -63,7 +64,13 @@ async def get_principal(request: Request) -> Principal:
             "The Authorization header must be 'Bearer <API key>'.",
             headers=BEARER_CHALLENGE,
         )
-    principal = await run_db(_authenticate, token.strip())
+    token = token.strip()
+    cache: PrincipalCache | None = getattr(request.app.state, "principal_cache", None)
+    principal = cache.get(token) if cache is not None else None
+    if principal is None:
+        principal = await run_db(_authenticate, token)
+        if principal is not None and cache is not None:
+            cache.put(token, principal)
     if principal is None:
         raise ApiError(
             401,

@@ -32,6 +32,8 @@ def submit_job(
             params,
             idempotency_key=idempotency_key,
             callback_url=callback_url,
+            # Marked queued by the route, in a batch with other requests' jobs.
+            queue_mark=False,
         )
     except submissions.SubmissionRefused as exc:
         raise refusal_error(exc) from exc

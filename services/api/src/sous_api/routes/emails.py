@@ -48,4 +48,4 @@ async def submit_email(
         idempotency_key,
         job_request.callback_url,
     )
-    return job_accepted(request, response, job, replayed)
+    return await job_accepted(request, response, job, replayed)

@@ -45,4 +45,4 @@ async def submit_fetch(
         idempotency_key,
         job_request.callback_url,
     )
-    return job_accepted(request, response, job, replayed)
+    return await job_accepted(request, response, job, replayed)

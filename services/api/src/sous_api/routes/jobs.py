@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sous_api.deps import CeleryDep, PrincipalDep, run_db
 from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, ApiError, error_responses
+from sous_api.queued_marks import QueuedMarker
 from sous_api.schemas import JobList, JobResource
 from sous_core import jobs, storage, webhooks
 from sous_core.apikeys import Principal
@@ -37,14 +38,28 @@ def job_url(request: Request, job_id: uuid.UUID) -> str:
     return f"{base}/v1/jobs/{job_id}"
 
 
-def job_accepted(
+async def job_accepted(
     request: Request, response: Response, job: JobResource, replayed: bool
 ) -> JobResource:
-    """Headers of a 202: where to follow the job, and whether this was a replay."""
+    """Mark a new job queued (its message is confirmed), then the headers of a 202:
+    where to follow the job, and whether this was a replay."""
+    if not replayed and job.state is JobState.PENDING:
+        marker: QueuedMarker = request.app.state.queued_marker
+        at, marked = await marker.mark(job.id)
+        if marked:
+            job = job.model_copy(
+                update={"state": JobState.QUEUED, "queued_at": at, "updated_at": at}
+            )
+        else:  # a worker started it already: report it as it is now
+            job = await run_db(_current, job.id)
     response.headers["Location"] = job_url(request, job.id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return job
+
+
+def _current(session: Session, job_id: uuid.UUID) -> JobResource:
+    return _resource(session, jobs.get_job(session, job_id))
 
 
 def _tenant_job(session: Session, principal: Principal, job_id: uuid.UUID) -> Job:

@@ -243,7 +243,7 @@ async def submit_transcode(
             "Send multipart/form-data (a file and options) or application/json "
             "(source_url and options).",
         )
-    return job_accepted(request, response, job, replayed)
+    return await job_accepted(request, response, job, replayed)
 
 
 class PresetResource(BaseModel):
