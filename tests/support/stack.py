@@ -249,11 +249,18 @@ def make_stack(tmp_path: Path, **overrides: str) -> Iterator[Stack]:
         client.close()
 
 
+class _BackloggedHTTPServer(http.server.ThreadingHTTPServer):
+    # The standard library listens with a backlog of 5: a burst of connections (a batch
+    # of 100 fetches starting at once) overflows it, and the kernel makes the rest retry
+    # their SYN a whole second later. Real servers listen with hundreds.
+    request_queue_size = 1024
+
+
 class LocalHttpServer:
     """A threaded HTTP server on 127.0.0.1 (a free port) serving ``handler`` until closed."""
 
     def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _BackloggedHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

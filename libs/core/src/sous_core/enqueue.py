@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Producer
 
 from sous_core.db.models import Job
 from sous_core.settings import get_settings
@@ -57,3 +59,78 @@ def publish_job(app: Celery, job: Job, connection: Connection | None = None) -> 
     except Exception as exc:
         logger.warning("publishing job %s failed: %r", job.id, exc)
         raise BrokerUnavailable(f"the message broker did not accept the job: {exc}") from exc
+
+
+def publish_jobs(app: Celery, jobs: Sequence[Job]) -> None:
+    """Publish the tasks of many jobs, then wait once for RabbitMQ to confirm them all.
+
+    :func:`publish_job` waits for each message's confirm before sending the next; a
+    batch's children would queue behind one another's confirms. Here every message goes
+    out on one channel in confirm mode and the broker's acks (often one ``multiple``
+    ack for many) are collected at the end. Raises ``BrokerUnavailable`` unless every
+    message was confirmed within the publish timeout (plus 10 ms a message); then some
+    may still have been queued, as with any failed publish.
+    """
+    if not jobs:
+        return
+    timeout = get_settings().broker_publish_timeout + 0.01 * len(jobs)
+    try:
+        with app.connection_for_write() as connection:
+            connection.connect()
+            channel = connection.channel()
+            try:
+                _publish_all_confirmed(app, connection, channel, jobs, timeout)
+            finally:
+                channel.close()
+    except BrokerUnavailable:
+        raise
+    except Exception as exc:
+        logger.warning("publishing %d jobs failed: %r", len(jobs), exc)
+        raise BrokerUnavailable(f"the message broker did not accept the jobs: {exc}") from exc
+
+
+def _publish_all_confirmed(
+    app: Celery, connection: Connection, channel: object, jobs: Sequence[Job], timeout: float
+) -> None:
+    confirmed: set[int] = set()
+    confirmed_up_to = 0
+    refused: list[int] = []
+
+    def on_ack(delivery_tag: int, multiple: bool) -> None:
+        nonlocal confirmed_up_to
+        if multiple:
+            confirmed_up_to = max(confirmed_up_to, delivery_tag)
+        else:
+            confirmed.add(delivery_tag)
+
+    def on_nack(delivery_tag: int, multiple: bool) -> None:
+        refused.append(delivery_tag)
+
+    channel.confirm_select()  # type: ignore[attr-defined]
+    channel.events["basic_ack"].add(on_ack)  # type: ignore[attr-defined]
+    channel.events["basic_nack"].add(on_nack)  # type: ignore[attr-defined]
+    producer = Producer(channel)
+    for job in jobs:
+        app.send_task(
+            TASK_FOR_KIND[job.kind],
+            kwargs=JobPayload(job_id=job.id).as_kwargs(),
+            task_id=str(job.id),
+            producer=producer,
+            ignore_result=True,
+            retry=False,
+        )
+    # Delivery tags count this channel's messages from 1, in publishing order.
+    expected = len(jobs)
+    deadline = time.monotonic() + timeout
+    while True:
+        if refused:
+            raise BrokerUnavailable(f"the broker refused {len(refused)} of {expected} messages")
+        if all(tag <= confirmed_up_to or tag in confirmed for tag in range(1, expected + 1)):
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BrokerUnavailable(f"no confirm for some of {expected} messages in {timeout:.1f}s")
+        try:
+            connection.drain_events(timeout=remaining)
+        except TimeoutError:
+            continue

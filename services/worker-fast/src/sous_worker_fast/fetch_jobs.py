@@ -11,7 +11,7 @@ from celery import Celery
 
 from sous_core import batches, jobs, metrics, storage, telemetry
 from sous_core.db.engine import session_scope
-from sous_core.enqueue import BrokerUnavailable, confirmed_connection, publish_job
+from sous_core.enqueue import BrokerUnavailable, publish_jobs
 from sous_core.errors import JobError, TransientJobError
 from sous_core.job_runner import AWAIT_CHILDREN, AwaitChildren, JobContext
 from sous_core.params import FetchBatchParams, FetchParams
@@ -90,17 +90,15 @@ def _publish_pending_children(app: Celery, parent_id: uuid.UUID) -> int:
     with session_scope() as session:
         pending = batches.children_in(session, parent_id, {JobState.PENDING})
     published = 0
-    with confirmed_connection(app) as connection:
-        for start in range(0, len(pending), PUBLISH_CHUNK):
-            chunk = pending[start : start + PUBLISH_CHUNK]
-            try:
-                for child in chunk:
-                    publish_job(app, child, connection=connection)
-            except BrokerUnavailable as exc:
-                raise TransientJobError(
-                    "broker_unavailable", f"Publishing the batch's jobs failed: {exc}"
-                ) from None
-            with session_scope() as session:
-                jobs.mark_queued(session, [child.id for child in chunk])
-            published += len(chunk)
+    for start in range(0, len(pending), PUBLISH_CHUNK):
+        chunk = pending[start : start + PUBLISH_CHUNK]
+        try:
+            publish_jobs(app, chunk)  # one confirm wait for the chunk
+        except BrokerUnavailable as exc:
+            raise TransientJobError(
+                "broker_unavailable", f"Publishing the batch's jobs failed: {exc}"
+            ) from None
+        with session_scope() as session:
+            jobs.mark_queued(session, [child.id for child in chunk])
+        published += len(chunk)
     return published
