@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
 from kombu import Connection, Producer
@@ -28,6 +29,19 @@ class BrokerUnavailable(RuntimeError):
     """The broker did not take (and confirm) the message in time."""
 
 
+def _send(app: Celery, job: Job, **options: Any) -> None:
+    """The task message of ``job``: only its id, the task id being the job id."""
+    app.send_task(
+        TASK_FOR_KIND[job.kind],
+        kwargs=JobPayload(job_id=job.id).as_kwargs(),
+        task_id=str(job.id),
+        # Outcomes live in the job row; a stored result would make the Redis backend
+        # subscribe to a channel per published task.
+        ignore_result=True,
+        **options,
+    )
+
+
 def publish_job(app: Celery, job: Job, connection: Connection | None = None) -> None:
     """Send the task for ``job`` carrying only its id; the task id is the job id.
 
@@ -38,14 +52,10 @@ def publish_job(app: Celery, job: Job, connection: Connection | None = None) -> 
     """
     timeout = get_settings().broker_publish_timeout
     try:
-        app.send_task(
-            TASK_FOR_KIND[job.kind],
-            kwargs=JobPayload(job_id=job.id).as_kwargs(),
-            task_id=str(job.id),
+        _send(
+            app,
+            job,
             connection=connection,
-            # Outcomes live in the job row; a stored result would make the Redis backend
-            # subscribe to a channel per published task.
-            ignore_result=True,
             retry=True,
             retry_policy={
                 "max_retries": 1,
@@ -111,14 +121,7 @@ def _publish_all_confirmed(
     channel.events["basic_nack"].add(on_nack)  # type: ignore[attr-defined]
     producer = Producer(channel)
     for job in jobs:
-        app.send_task(
-            TASK_FOR_KIND[job.kind],
-            kwargs=JobPayload(job_id=job.id).as_kwargs(),
-            task_id=str(job.id),
-            producer=producer,
-            ignore_result=True,
-            retry=False,
-        )
+        _send(app, job, producer=producer, retry=False)
     # Delivery tags count this channel's messages from 1, in publishing order.
     expected = len(jobs)
     deadline = time.monotonic() + timeout
