@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from sous_core import apikeys, batches, jobs
@@ -137,3 +137,45 @@ def test_cancelling_a_batch_whose_children_have_not_started_cancels_it_at_once(
     assert cancelled.state == "cancelled"
     assert cancelled.result is not None
     assert cancelled.result["cancelled"] == 3
+
+
+def test_settling_again_counts_nothing_twice(session: Session) -> None:
+    parent = running_batch(session)
+    a = children(session, parent)[0]
+    jobs.transition(session, a.id, JobState.CANCELLED)
+    session.commit()
+    bind = session.get_bind()
+    assert batches.settle(bind, parent.id) is False
+    assert batches.settle(bind, parent.id) is False
+    session.expire_all()
+    assert jobs.get_job(session, parent.id).children_finished == 1
+    assert jobs.get_job(session, parent.id).progress == 33
+
+
+def test_a_lost_recount_is_made_by_the_sweep(session: Session) -> None:
+    # As if the process died between a child's commit and its recount: the children
+    # end without settling the batch, which then waits with every child finished.
+    parent = running_batch(session)
+    session.execute(
+        update(Job).where(Job.parent_id == parent.id).values(state=JobState.SUCCEEDED.value)
+    )
+    session.commit()
+    assert batches.unsettled(session) == [parent.id]
+    assert jobs.get_job(session, parent.id).state == "running"
+
+    assert jobs.settle_unsettled_batches(session) == [parent.id]
+    session.expire_all()
+    done = jobs.get_job(session, parent.id)
+    assert (done.state, done.children_finished, done.progress) == ("succeeded", 3, 100)
+    assert done.result is not None
+    assert done.result["succeeded"] == 3
+    assert batches.unsettled(session) == []
+
+
+def test_a_batch_still_running_children_is_not_unsettled(session: Session) -> None:
+    parent = running_batch(session)
+    a, b, _ = children(session, parent)
+    jobs.transition(session, a.id, JobState.CANCELLED)
+    jobs.transition(session, b.id, JobState.RUNNING)
+    session.commit()
+    assert batches.unsettled(session) == []

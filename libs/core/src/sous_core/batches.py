@@ -2,23 +2,28 @@
 
 The parent's task creates the children (ids derived from the parent's id and the
 child's place, so a redelivered parent never makes a second set) and publishes them.
-Each child, in the same transaction that makes it terminal, adds one to the parent's
-``children_finished``; the child that brings it to ``children_total`` finishes the
-parent with the aggregate of every child's outcome. This is Celery's chord, kept in
-PostgreSQL: exact under redelivery and retries, and visible as the parent's progress.
+Once a child's terminal state is committed, the parent's ``children_finished`` is
+recounted (:func:`settle`); the recount that reaches ``children_total`` finishes the
+parent with the aggregate of every child's outcome (exactly once: the parent's move
+out of ``running`` is conditional). A recount lost to a crash right after the commit is
+made by the child's redelivered message or by the maintenance sweep
+(:func:`unsettled`). This is Celery's chord, kept in PostgreSQL: exact under
+redelivery and retries, and visible as the parent's progress.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, Table, case, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
 
 from sous_core.db.models import Job, utcnow
-from sous_core.states import JobState
+from sous_core.states import TERMINAL_STATES, JobState
+
+_TERMINAL = [state.value for state in TERMINAL_STATES]
 
 
 def child_id(parent_id: uuid.UUID, index: int) -> uuid.UUID:
@@ -72,29 +77,73 @@ def children_in(session: Session, parent_id: uuid.UUID, states: set[JobState]) -
     )
 
 
-def count_finished(session: Session, parent_id: uuid.UUID, count: int) -> bool:
-    """Add ``count`` finished children to the parent; True when that was the last of them."""
-    if count <= 0:
-        return False
-    finished = Job.children_finished + count
-    row = session.execute(
-        update(Job)
-        .where(Job.id == parent_id)
+def settle(bind: Engine | Connection, parent_id: uuid.UUID) -> bool:
+    """Recount the batch's finished children onto the parent; True when all have finished.
+
+    Called after a child's terminal state is committed, never inside that transaction:
+    one ``UPDATE`` in a transaction of its own (autocommit), so the parent's row is
+    locked only while PostgreSQL runs it. (Counting inside each child's transaction held
+    the lock until the worker got round to sending COMMIT: a hundred children finishing
+    together in one gevent process queued for it, one greenlet switch at a time.)
+
+    The count is read, not incremented, so settling twice is harmless and nothing is
+    counted twice; a recount never lowers the number (two recounts may land out of
+    order). Each child's recount runs after its own commit, so the last child's sees
+    every child finished.
+    """
+    children = cast(Table, Job.__table__).alias("child")
+    parents = cast(Table, Job.__table__)
+    finished_now = (
+        select(func.count())
+        .select_from(children)
+        .where(children.c.parent_id == parent_id, children.c.state.in_(_TERMINAL))
+        .scalar_subquery()
+    )
+    greatest = func.greatest if bind.dialect.name == "postgresql" else func.max
+    finished = greatest(parents.c.children_finished, finished_now)
+    statement = (
+        update(parents)
+        .where(parents.c.id == parent_id, parents.c.children_total.is_not(None))
         .values(
             children_finished=finished,
             progress=case(
-                (Job.children_total > 0, finished * 100 // Job.children_total),
-                else_=Job.progress,
+                (parents.c.children_total > 0, finished * 100 // parents.c.children_total),
+                else_=parents.c.progress,
             ),
             updated_at=utcnow(),
         )
-        .returning(Job.children_finished, Job.children_total)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    return (
-        row is not None
-        and row.children_total is not None
-        and (row.children_finished >= row.children_total)
+        .returning(parents.c.children_finished, parents.c.children_total)
+    )
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    with engine.connect() as connection:
+        row = (
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            .execute(statement)
+            .one_or_none()
+        )
+    return row is not None and row.children_finished >= row.children_total
+
+
+def unsettled(session: Session, limit: int = 100) -> list[uuid.UUID]:
+    """Running batches whose children have all finished but that are not finished.
+
+    The recount after a child's commit can be lost (the process died right after the
+    commit, the database went away); a sweep settles these.
+    """
+    child = aliased(Job)
+    unfinished_child = (
+        select(child.id).where(child.parent_id == Job.id, child.state.not_in(_TERMINAL)).exists()
+    )
+    return list(
+        session.execute(
+            select(Job.id)
+            .where(
+                Job.state == JobState.RUNNING.value,
+                Job.children_total.is_not(None),
+                ~unfinished_child,
+            )
+            .limit(limit)
+        ).scalars()
     )
 
 

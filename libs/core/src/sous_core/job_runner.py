@@ -201,16 +201,8 @@ def _start(job_id: uuid.UUID, redelivered: bool = False) -> JobContext | None:
     row read to find out why.
     """
     with session_scope() as session:
-        try:
-            job = jobs.transition(
-                session,
-                job_id,
-                JobState.RUNNING,
-                unless_cancel_requested=True,
-                error_code=None,
-                error_message=None,
-            )
-        except (jobs.JobNotFound, IllegalTransition):
+        job = jobs.start_job(session, job_id)
+        if job is None:
             _explain_not_started(session, job_id)
             return None
     if redelivered and job.attempts > 1:
@@ -252,6 +244,9 @@ def _explain_not_started(session: Session, job_id: uuid.UUID) -> None:
         return
     if job.job_state.is_terminal:
         logger.info("job %s is already %s; skipping redelivered message", job_id, job.state)
+        if job.parent_id is not None:
+            # The recount after its commit may have been lost with the process.
+            jobs.settle_batch(session.get_bind(), job.parent_id)
     elif job.cancel_requested:
         jobs.transition(
             session,

@@ -50,9 +50,13 @@ def requeue_stale_pending(app: Celery) -> int:
 
 
 def reap_stuck_jobs(app: Celery) -> dict[str, Any]:
-    """The reaper, publishing over this worker's connections."""
-    report = reaper.reap_stuck_jobs(app, utcnow(), get_settings())
-    return maintenance.jsonable(report)
+    """The reaper, publishing over this worker's connections; then the batch sweep."""
+    report = maintenance.jsonable(reaper.reap_stuck_jobs(app, utcnow(), get_settings()))
+    with session_scope() as session:
+        settled = jobs.settle_unsettled_batches(session)
+    if settled:
+        report["settled_batches"] = [str(parent_id) for parent_id in settled]
+    return report
 
 
 def run_registered(name: str) -> Any:
