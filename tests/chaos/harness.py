@@ -269,9 +269,10 @@ class Load:
 
     def _post(self, client: httpx.Client, n: int, kind: str, seconds: float) -> httpx.Response:
         if kind == "email":
+            # One in four waits on a slow SMTP server (3 s), so faults land mid-send.
+            to = f"slow-{n}@example.com" if n % 4 == 0 else f"user-{n}@example.com"
             return client.post(
-                "/v1/emails",
-                json={"to": [f"user-{n}@example.com"], "subject": f"chaos {n}", "text": "hello"},
+                "/v1/emails", json={"to": [to], "subject": f"chaos {n}", "text": "hello"}
             )
         if kind == "fetch_batch":
             base = self.origin.url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import http.server
@@ -33,7 +34,9 @@ class SmtpSink:
     """An SMTP server that keeps every message, with behaviour chosen by recipient address.
 
     ``tempfail-once-<x>@…`` is answered 451 at DATA the first time, then accepted;
-    ``reject-<x>@…`` gets 550 at DATA; ``nobody-<x>@…`` is refused at RCPT (550).
+    ``reject-<x>@…`` gets 550 at DATA; ``nobody-<x>@…`` is refused at RCPT (550);
+    ``slow-<x>@…`` is accepted ``slow_seconds`` after its DATA arrived (a wide window in
+    which the sending worker can be interrupted mid-send).
     ``on_quit`` (if set) runs when a client that delivered a message says QUIT.
 
     With ``credentials`` (``(username, password)``) it offers AUTH PLAIN and LOGIN without
@@ -41,7 +44,10 @@ class SmtpSink:
     changed while it runs (a rotated password), and ``logins`` lists who logged in.
     """
 
-    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, credentials: tuple[str, str] | None = None, slow_seconds: float = 3.0
+    ) -> None:
+        self.slow_seconds = slow_seconds
         self.messages: list[Delivered] = []
         self.attempts: Counter[str] = Counter()
         self.on_quit: Callable[[], None] | None = None
@@ -87,6 +93,8 @@ class SmtpSink:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if envelope.rcpt_tos and envelope.rcpt_tos[0].startswith("slow-"):
+            await asyncio.sleep(self.slow_seconds)
         with self._lock:
             for address in envelope.rcpt_tos:
                 self.attempts[address] += 1

@@ -170,3 +170,32 @@ def test_only_from_narrows_the_legal_sources(session: Session) -> None:
         jobs.transition(session, pending.id, JobState.QUEUED, only_from={JobState.PENDING}).state
         == "queued"
     )
+
+
+def test_a_running_job_starts_again_only_once_its_heartbeat_has_stopped(
+    session: Session,
+) -> None:
+    # A second message for a running job (a redelivery after a broker restart) must not
+    # run the work beside the attempt that is still alive and heartbeating.
+    job = make_job(session)
+    jobs.transition(session, job.id, JobState.QUEUED)
+    first = jobs.start_job(session, job.id, live_within=30)
+    session.commit()
+    assert first is not None
+    assert first.attempts == 1
+
+    assert jobs.start_job(session, job.id, live_within=30) is None
+    session.commit()
+    refreshed = jobs.get_job(session, job.id)
+    assert refreshed.state == "running"
+    assert refreshed.attempts == 1
+    assert jobs.is_live(refreshed, 30)
+
+    silent_since = datetime.now(UTC) - timedelta(seconds=31)
+    jobs.heartbeat(session, [job.id], silent_since)
+    session.commit()
+    assert not jobs.is_live(jobs.get_job(session, job.id), 30)
+    second = jobs.start_job(session, job.id, live_within=30)
+    session.commit()
+    assert second is not None
+    assert second.attempts == 2

@@ -395,3 +395,63 @@ def test_config_from_settings() -> None:
         mail_from="Sous <sous@example.com>",
     )
     assert "s3cret" not in repr(config)
+
+
+def send_with_doubt(
+    recorder: Recorder, email_params: EmailParams, config: SmtpConfig
+) -> list[dict[str, Any]]:
+    marks: list[dict[str, Any]] = []
+
+    def on_doubt(mark: dict[str, Any]) -> None:
+        recorder.events.append(f"doubt={mark['smtp_in_doubt']}")
+        marks.append(mark)
+
+    send_email(
+        email_params,
+        config,
+        job_id="job-42",
+        on_sent=lambda _: recorder.events.append("on_sent"),
+        on_doubt=on_doubt,
+    )
+    return marks
+
+
+def test_the_hand_over_is_marked_before_the_message_ends(
+    server: tuple[Recorder, SmtpConfig],
+) -> None:
+    recorder, config = server
+
+    marks = send_with_doubt(recorder, params(text=".hidden line\n..two dots\n.\nend\n"), config)
+
+    assert recorder.events == ["doubt=True", "DATA", "on_sent", "QUIT"]
+    assert marks[0]["message_id"] == recorder.received[0].message()["Message-ID"]
+    assert marks[0]["handed_over_at"]
+    # Sent apart from its end, the message is still dot-stuffed as RFC 5321 wants.
+    assert recorder.received[0].body("plain") == ".hidden line\n..two dots\n.\nend\n"
+
+
+def test_a_refusal_after_the_hand_over_clears_the_doubt(
+    server: tuple[Recorder, SmtpConfig],
+) -> None:
+    recorder, config = server
+    recorder.data_reply = "451 4.3.0 Try again later"
+
+    with pytest.raises(TransientJobError):
+        send_with_doubt(recorder, params(), config)
+
+    assert recorder.events == ["doubt=True", "DATA", "doubt=False"]
+
+
+def test_a_failed_hand_over_record_leaves_the_message_unended(
+    server: tuple[Recorder, SmtpConfig],
+) -> None:
+    recorder, config = server
+
+    def unrecorded(_mark: dict[str, Any]) -> None:
+        raise TransientJobError("database_unavailable", "not recorded")
+
+    with pytest.raises(TransientJobError):
+        send_email(params(), config, job_id="job-42", on_sent=lambda _: None, on_doubt=unrecorded)
+
+    assert "DATA" not in recorder.events  # the server never saw the end: nothing delivered
+    assert recorder.received == []

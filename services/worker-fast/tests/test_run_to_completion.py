@@ -37,3 +37,16 @@ def test_without_gevent_the_work_just_runs() -> None:
     from sous_worker_fast.email_jobs import run_to_completion
 
     assert run_to_completion(lambda: 42) == 42
+
+
+TWICE = PROGRAM.replace(
+    "task.kill(block=True, timeout=5)  # what Celery does when the broker connection drops",
+    "task.kill(block=False)\ngevent.sleep(0.05)\ntask.kill(block=True, timeout=5)  # a second loss",
+)
+
+
+def test_a_second_kill_does_not_cut_the_wait_short() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", TWICE], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    assert out.strip() == "['sent and recorded'] GreenletExit"

@@ -27,6 +27,15 @@ logger = logging.getLogger("sous.jobs")
 #: Seconds between two looks at the database for cancel requests.
 CHECK_INTERVAL = 1.0
 
+#: Heartbeat intervals within which a running job's last heartbeat means it is alive.
+LIVE_HEARTBEATS = 3
+
+
+def live_window() -> float:
+    """Seconds since its last heartbeat within which a running job counts as alive: a
+    second message for it waits rather than run the work beside it."""
+    return LIVE_HEARTBEATS * get_settings().heartbeat_interval
+
 
 class CancelWatch:
     def __init__(
@@ -57,6 +66,10 @@ class CancelWatch:
         self._flags[job_id] = False
         if self._background:
             self._ensure_thread()
+
+    def watching(self, job_id: uuid.UUID) -> bool:
+        """Whether this process is running ``job_id`` right now."""
+        return job_id in self._flags
 
     def forget(self, job_id: uuid.UUID) -> None:
         self._flags.pop(job_id, None)

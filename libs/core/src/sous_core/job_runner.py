@@ -143,12 +143,17 @@ def register_job_task(app: Celery, name: str, work: WorkFunction, **options: Any
 def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
     telemetry.mark_job(job_id)
     with job_context(job_id):
+        if cancel_watch.WATCH.watching(job_id):
+            # Redelivered to the process whose first attempt is still finishing.
+            _defer_live(task, job_id)
         delivery_info = task.request.delivery_info or {}
         try:
             context = _start(job_id, redelivered=bool(delivery_info.get("redelivered")))
         except OperationalError as exc:
             _retry_start(task, job_id, exc)
-        if context is None:
+        if context is LIVE_ELSEWHERE:
+            _defer_live(task, job_id)
+        if not isinstance(context, JobContext):
             return
         cancel_watch.WATCH.watch(job_id)
         try:
@@ -194,17 +199,24 @@ def _run_work(task: Task, context: JobContext, work: WorkFunction) -> None:
         logger.info("job %s succeeded in %.3fs", job_id, time.monotonic() - started)
 
 
-def _start(job_id: uuid.UUID, redelivered: bool = False) -> JobContext | None:
-    """Mark the job running; ``None`` when it must not run (gone, finished, cancelled).
+class _LiveElsewhere:
+    """What :func:`_start` returns for a job another attempt is still running."""
+
+
+LIVE_ELSEWHERE = _LiveElsewhere()
+
+
+def _start(job_id: uuid.UUID, redelivered: bool = False) -> JobContext | _LiveElsewhere | None:
+    """Mark the job running; ``None`` when it must not run (gone, finished, cancelled),
+    :data:`LIVE_ELSEWHERE` when an attempt with a live heartbeat is running it.
 
     The usual case is one conditional ``UPDATE``; only when it matches nothing is the
     row read to find out why.
     """
     with session_scope() as session:
-        job = jobs.start_job(session, job_id)
+        job = jobs.start_job(session, job_id, cancel_watch.live_window())
         if job is None:
-            _explain_not_started(session, job_id)
-            return None
+            return _explain_not_started(session, job_id)
     if redelivered and job.attempts > 1:
         logger.warning("job %s redelivered (attempt %d)", job_id, job.attempts)
     return JobContext(
@@ -235,13 +247,31 @@ def _retry_start(task: Task, job_id: uuid.UUID, exc: OperationalError) -> NoRetu
     raise task.retry(countdown=delay, max_retries=START_RETRY_LIMIT)
 
 
-def _explain_not_started(session: Session, job_id: uuid.UUID) -> None:
+def _defer_live(task: Task, job_id: uuid.UUID) -> NoReturn:
+    """Publish the task again for later: another attempt is running the job right now.
+
+    If that attempt finishes, the later delivery finds the job finished and is dropped;
+    if it dies, its heartbeat stops and the later delivery takes the job over.
+    """
+    delay = max(1, math.ceil(cancel_watch.live_window()))
+    logger.warning(
+        "job %s is still running in another attempt (its heartbeat is fresh); "
+        "looking again in %ds rather than run it twice",
+        job_id,
+        delay,
+    )
+    raise task.retry(countdown=delay, max_retries=START_RETRY_LIMIT)
+
+
+def _explain_not_started(session: Session, job_id: uuid.UUID) -> _LiveElsewhere | None:
     """Log why a job was not started, and cancel it if a cancel was waiting for it."""
     try:
         job = jobs.get_job(session, job_id)
     except jobs.JobNotFound:
         logger.warning("job %s not found; dropping its message", job_id)
-        return
+        return None
+    if not job.cancel_requested and jobs.is_live(job, cancel_watch.live_window()):
+        return LIVE_ELSEWHERE
     if job.job_state.is_terminal:
         logger.info("job %s is already %s; skipping redelivered message", job_id, job.state)
         if job.parent_id is not None:
@@ -257,6 +287,7 @@ def _explain_not_started(session: Session, job_id: uuid.UUID) -> None:
         )
     else:
         logger.info("job %s not started: it is %s", job_id, job.state)
+    return None
 
 
 def _record_outcome(task: Task, job_id: uuid.UUID, state: JobState, **values: Any) -> None:

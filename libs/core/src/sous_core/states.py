@@ -22,7 +22,8 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 #: Legal moves. ``pending → running`` covers a worker that starts before the API has
-#: marked the job queued; ``running → running`` is a redelivery after a worker died.
+#: marked the job queued; ``running → running`` is a redelivery after a worker died (the
+#: job runner takes it only once the job's heartbeat has stopped: ``jobs.start_job``).
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset(
         {JobState.QUEUED, JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}

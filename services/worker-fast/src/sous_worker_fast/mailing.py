@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import email.policy
 import email.utils
+import re
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -47,13 +48,38 @@ class SmtpConfig:
 
 
 class _SMTP(smtplib.SMTP):
-    """``smtplib.SMTP`` that keeps the server's reply to DATA, which ``send_message`` drops."""
+    """``smtplib.SMTP`` that keeps the server's reply to DATA, which ``send_message`` drops,
+    and calls ``before_final_dot`` when the message is on the wire but not yet ended.
+
+    The line that ends the message (``.``) is the point of no return: once the server
+    has it, the mail may be delivered even if its reply never reaches us.
+    """
 
     data_reply: tuple[int, bytes] | None = None
+    before_final_dot: Callable[[], None] | None = None
 
     def data(self, msg: Any) -> tuple[int, bytes]:
-        self.data_reply = super().data(msg)
+        # smtplib.SMTP.data, with the message and its end sent apart.
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        if isinstance(msg, str):
+            msg = msg.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+            msg = msg.encode("ascii")
+        body = _DOT_AT_LINE_START.sub(b"..", msg)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        self.send(body)
+        if self.before_final_dot is not None:
+            self.before_final_dot()
+        self.send(b".\r\n")
+        self.data_reply = self.getreply()
         return self.data_reply
+
+
+#: RFC 5321 dot-stuffing: a line of the message that starts with "." gets another.
+_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 
 
 def build_message(params: EmailParams, config: SmtpConfig, *, job_id: str) -> EmailMessage:
@@ -88,12 +114,18 @@ def send_email(
     *,
     job_id: str,
     on_sent: Callable[[dict[str, Any]], None],
+    on_doubt: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Send the email; call ``on_sent(result)`` once the server took it, before QUIT.
 
     ``on_sent`` is where the caller records that the mail went out, so a redelivered task
-    does not send it again. Failures raise ``TransientJobError`` or ``PermanentJobError``;
-    recipients refused while others were accepted are listed in the result instead.
+    does not send it again. ``on_doubt(mark)`` runs just before the line that ends the
+    message, with ``mark["smtp_in_doubt"]`` true: from there until the server answers,
+    whether the mail went out is unknown (if ``on_doubt`` raises, the message is never
+    ended and the server drops it); and again with it false if the server then refused
+    the message, so that a retry may send it. Failures raise ``TransientJobError`` or
+    ``PermanentJobError``; recipients refused while others were accepted are listed in
+    the result instead.
     """
     message = build_message(params, config, job_id=job_id)
     recipients = params.all_recipients()
@@ -102,12 +134,30 @@ def send_email(
         smtp = _SMTP(config.host, config.port, timeout=config.timeout)
     except (smtplib.SMTPException, OSError) as exc:
         raise _job_error(exc, where) from exc
+    if on_doubt is not None:
+        doubt = on_doubt
+
+        def mark_in_doubt() -> None:
+            doubt(
+                {
+                    "smtp_in_doubt": True,
+                    "message_id": message["Message-ID"],
+                    "handed_over_at": datetime.datetime.now(datetime.UTC).isoformat(),
+                }
+            )
+
+        smtp.before_final_dot = mark_in_doubt
     try:
         try:
             _open_session(smtp, config, where)
             refused = smtp.send_message(
                 message, from_addr=bare_address(config.mail_from), to_addrs=recipients
             )
+        except smtplib.SMTPDataError as exc:
+            if on_doubt is not None and smtp.data_reply is not None:
+                # The server answered the end of the message with a refusal: not sent.
+                on_doubt({"smtp_in_doubt": False, "smtp_reply": _reply_text(*smtp.data_reply)})
+            raise _job_error(exc, where) from exc
         except (smtplib.SMTPException, OSError) as exc:
             raise _job_error(exc, where) from exc
         result: dict[str, Any] = {

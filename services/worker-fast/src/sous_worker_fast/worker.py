@@ -26,7 +26,7 @@ from sous_core.tasks import (
     RESET_QUOTAS_TASK,
     SWEEP_UPLOADS_TASK,
 )
-from sous_worker_fast import green_loop, maintenance
+from sous_worker_fast import green_imports, green_loop, maintenance
 from sous_worker_fast.email_jobs import run_email
 from sous_worker_fast.fetch_jobs import run_fetch, run_fetch_batch
 from sous_worker_fast.webhook_dispatch import WebhookDispatcher
@@ -35,6 +35,7 @@ __all__ = ["app", "run_email", "run_fetch"]
 
 logger = logging.getLogger("sous.maintenance")
 
+green_imports.rebind()
 green_loop.install()
 app = create_celery_app("sous-worker-fast")
 observe_worker("sous-worker-fast", prefork=False)
