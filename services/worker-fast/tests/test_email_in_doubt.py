@@ -17,7 +17,7 @@ from sous_core import apikeys, jobs
 from sous_core.db.engine import dispose_engine, session_scope
 from sous_core.db.migrate import upgrade
 from sous_core.db.models import Job
-from sous_core.errors import PermanentJobError
+from sous_core.errors import AttemptSuperseded, PermanentJobError
 from sous_core.job_runner import JobContext
 from sous_core.settings import get_settings
 from sous_core.states import JobState
@@ -55,7 +55,7 @@ def running_email(result: dict[str, Any]) -> JobContext:
         jobs.transition(session, job.id, JobState.RUNNING)
         jobs.record_result(session, job.id, result)
         job_id = job.id
-    return JobContext(job_id=job_id, kind="email", params=params, attempt=2, result=result)
+    return JobContext(job_id=job_id, kind="email", params=params, attempt=1, result=result)
 
 
 def in_doubt(seconds_ago: float) -> dict[str, Any]:
@@ -118,14 +118,32 @@ def test_a_send_records_its_hand_over_then_its_completion(sink: SmtpSink) -> Non
     seen: list[dict[str, Any]] = []
     record = context.checkpoint
 
-    def spy(result: dict[str, Any]) -> None:
-        seen.append(result)
-        record(result)
+    def spy(result: dict[str, Any], *, claim: bool = False) -> None:
+        seen.append({**result, "claimed": claim})
+        record(result, claim=claim)
 
     context.checkpoint = spy  # type: ignore[method-assign]
     email_jobs.run_email(context)
 
-    assert [mark.get("smtp_in_doubt") for mark in seen] == [True, None]
+    assert [(mark.get("smtp_in_doubt"), mark["claimed"]) for mark in seen] == [
+        (True, True),
+        (None, False),
+    ]
     assert seen[1]["smtp_completed"] is True
     assert len(sink.messages) == 1
     assert uuid.UUID(str(sink.messages[0].message["X-Sous-Job-Id"])) == context.job_id
+
+
+def test_an_attempt_taken_over_does_not_end_its_message(sink: SmtpSink) -> None:
+    # A worker frozen mid-send: the reaper re-queued its job and a later attempt (here
+    # attempt 2) owns it; when the frozen attempt 1 resumes it must not send.
+    context = running_email({})
+    context.result = None
+    context.attempt = 0  # the row says attempt 1 started it; this is an older attempt
+
+    with pytest.raises(AttemptSuperseded):
+        email_jobs.run_email(context)
+
+    assert sink.messages == []
+    with session_scope() as session:
+        assert jobs.state_and_result(session, context.job_id)[1] == {}

@@ -32,3 +32,8 @@ class TransientJobError(JobError):
 
 class JobCancelled(Exception):
     """The job was cancelled while it ran; the worker stops and records ``cancelled``."""
+
+
+class AttemptSuperseded(Exception):
+    """Another attempt took the job over (this one fell silent, e.g. a frozen worker) or
+    it finished meanwhile: this attempt stops without a side effect and records nothing."""

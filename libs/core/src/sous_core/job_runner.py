@@ -31,7 +31,13 @@ from sous_core import cancel_watch, jobs, telemetry
 from sous_core.celery_metrics import JOB_FAILED_ATTRIBUTE
 from sous_core.db.engine import session_scope
 from sous_core.db.models import utcnow
-from sous_core.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
+from sous_core.errors import (
+    AttemptSuperseded,
+    JobCancelled,
+    JobError,
+    PermanentJobError,
+    TransientJobError,
+)
 from sous_core.logs import job_context
 from sous_core.outage_wait import OutageOutlasted, write_through_outage
 from sous_core.settings import get_settings
@@ -67,22 +73,27 @@ class JobContext:
         """True once the job has been cancelled; cheap to call often (checks ~once a second)."""
         return cancel_watch.WATCH.cancelled(self.job_id)
 
-    def checkpoint(self, result: dict[str, Any]) -> None:
+    def checkpoint(self, result: dict[str, Any], *, claim: bool = False) -> None:
         """Record a side effect that must not be repeated, before the task acknowledges.
 
-        A redelivered or retried job sees it in :attr:`result`. While the database is
+        A redelivered or retried job sees it in :attr:`result`. With ``claim`` (recording
+        that an effect is about to happen), only while this attempt still owns the job:
+        otherwise :class:`AttemptSuperseded` is raised and the effect must not happen.
+        While the database is
         unreachable this waits for it, up to ``SOUS_OUTCOME_WRITE_PATIENCE_SECONDS``, since
         losing the record would let a redelivery repeat the effect; it keeps waiting
         through a worker shutdown for the same reason. If the database stays unreachable,
         the job fails rather than risk doing it twice.
         """
 
-        def record() -> None:
+        def record() -> bool:
             with session_scope() as session:
-                jobs.record_result(session, self.job_id, result)
+                return jobs.record_result(
+                    session, self.job_id, result, attempt=self.attempt if claim else None
+                )
 
         try:
-            write_through_outage(
+            recorded = write_through_outage(
                 record,
                 what=f"job {self.job_id}: recording a checkpoint",
                 patience=get_settings().outcome_write_patience_seconds,
@@ -94,6 +105,11 @@ class JobContext:
                 "The work was done but the database was unreachable to record it; "
                 "it was not repeated. Check the outcome before submitting again.",
             ) from None
+        if claim and not recorded:
+            raise AttemptSuperseded(
+                f"job {self.job_id}: attempt {self.attempt} was superseded; "
+                "its side effect was not started"
+            )
         self.result = result
 
     def set_progress(self, percent: float, eta_seconds: float | None = None) -> None:
@@ -168,6 +184,9 @@ def _run_work(task: Task, context: JobContext, work: WorkFunction) -> None:
     started = time.monotonic()
     try:
         result = work(context)
+    except AttemptSuperseded as exc:
+        # Another attempt owns the job now (or it ended): it records the outcome.
+        logger.warning("%s", exc)
     except JobCancelled:
         _record_outcome(
             task,

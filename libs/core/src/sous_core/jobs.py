@@ -547,13 +547,19 @@ def mark_queued(session: Session, job_ids: Collection[uuid.UUID]) -> int:
     return len(rows)
 
 
-def record_result(session: Session, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
+def record_result(
+    session: Session, job_id: uuid.UUID, result: dict[str, Any], attempt: int | None = None
+) -> bool:
     """Store an unfinished job's result so far (e.g. "the email was sent"); False once it
-    finished. Not only while ``running``: an attempt the reaper gave up on (its job back to
-    ``queued``) that still completes its side effect must record it for the next attempt."""
+    finished, or with ``attempt``, once another attempt started it. Not only while
+    ``running``: an attempt the reaper gave up on (its job back to ``queued``) that still
+    completes its side effect must record it for the next attempt."""
+    conditions = [Job.id == job_id, Job.state.notin_([s.value for s in TERMINAL_STATES])]
+    if attempt is not None:
+        conditions.append(Job.attempts == attempt)
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state.notin_([state.value for state in TERMINAL_STATES]))
+        .where(*conditions)
         .values(result=result, updated_at=utcnow())
         .returning(Job.id)
         .execution_options(synchronize_session=False)

@@ -106,9 +106,13 @@ def run_email(context: JobContext) -> dict[str, Any]:
 
 
 def _record_doubt(context: JobContext, mark: dict[str, Any]) -> None:
-    """Record the hand-over (or a refusal after it) before the message is ended."""
+    """Record the hand-over (or a refusal after it) before the message is ended.
+
+    The hand-over is claimed for this attempt: one that fell silent (a frozen worker) and
+    was taken over must not end its message beside the attempt that replaced it.
+    """
     try:
-        context.checkpoint(mark)
+        context.checkpoint(mark, claim=bool(mark.get("smtp_in_doubt")))
     except PermanentJobError as exc:
         if exc.code != "checkpoint_failed":
             raise
