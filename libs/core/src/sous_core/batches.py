@@ -13,11 +13,12 @@ redelivery and retries, and visible as the parent's progress.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, case, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from sous_core.db.models import Job, utcnow
@@ -91,17 +92,33 @@ def settle(bind: Engine | Connection, parent_id: uuid.UUID) -> bool:
     order). Each child's recount runs after its own commit, so the last child's sees
     every child finished.
     """
+    statement = _settle_statement(bind.dialect.name)
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    with engine.connect() as connection:
+        row = (
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            .execute(statement, {"batch_id": parent_id, "now": utcnow()})
+            .one_or_none()
+        )
+    return row is not None and row.children_finished >= row.children_total
+
+
+@functools.cache
+def _settle_statement(dialect: str) -> Any:
+    """The recount of :func:`settle`, built once per dialect (building it per child was
+    a fifth of a fast worker's CPU in a fan-out)."""
     children = cast(Table, Job.__table__).alias("child")
     parents = cast(Table, Job.__table__)
+    parent_id = bindparam("batch_id", type_=parents.c.id.type)
     finished_now = (
         select(func.count())
         .select_from(children)
         .where(children.c.parent_id == parent_id, children.c.state.in_(_TERMINAL))
         .scalar_subquery()
     )
-    greatest = func.greatest if bind.dialect.name == "postgresql" else func.max
+    greatest = func.greatest if dialect == "postgresql" else func.max
     finished = greatest(parents.c.children_finished, finished_now)
-    statement = (
+    return (
         update(parents)
         .where(parents.c.id == parent_id, parents.c.children_total.is_not(None))
         .values(
@@ -110,18 +127,10 @@ def settle(bind: Engine | Connection, parent_id: uuid.UUID) -> bool:
                 (parents.c.children_total > 0, finished * 100 // parents.c.children_total),
                 else_=parents.c.progress,
             ),
-            updated_at=utcnow(),
+            updated_at=bindparam("now", type_=parents.c.updated_at.type),
         )
         .returning(parents.c.children_finished, parents.c.children_total)
     )
-    engine = bind if isinstance(bind, Engine) else bind.engine
-    with engine.connect() as connection:
-        row = (
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-            .execute(statement)
-            .one_or_none()
-        )
-    return row is not None and row.children_finished >= row.children_total
 
 
 def unsettled(session: Session, limit: int = 100) -> list[uuid.UUID]:

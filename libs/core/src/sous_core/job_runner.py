@@ -346,7 +346,7 @@ def _write_outcome(job_id: uuid.UUID, state: JobState, values: dict[str, Any]) -
     def write() -> None:
         with session_scope() as session:
             try:
-                jobs.transition(session, job_id, state, **values)
+                jobs.finish_job(session, job_id, state, **values)
             except IllegalTransition as exc:
                 _explain_unrecorded(job_id, state, exc)
 

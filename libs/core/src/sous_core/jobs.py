@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     Connection,
@@ -230,7 +231,70 @@ def _settle_committed_batches(session: Session, transaction: Any) -> None:
             settle_batch(bind, parent_id)
 
 
-def _on_terminal(session: Session, job: Job) -> None:
+class _Finished(webhooks.FinishedJob, Protocol):
+    @property
+    def kind(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def parent_id(self) -> uuid.UUID | None: ...
+
+
+def finish_job(session: Session, job_id: uuid.UUID, target: JobState, **values: Any) -> None:
+    """``transition(session, job_id, target, **values)`` for a worker recording a job's
+    outcome, without the ORM: a statement built once per target and set of values (the
+    ORM update was a tenth of a fast worker's CPU per job). Raises as ``transition`` does.
+    """
+    if target not in TERMINAL_STATES:
+        transition(session, job_id, target, **values)
+        return
+    parameters = {f"new_{key}": value for key, value in values.items()}
+    statement = _finish_statement(target, frozenset(values))
+    row = (
+        session.connection()
+        .execute(statement, {"job_id": job_id, "now": utcnow(), **parameters})
+        .one_or_none()
+    )
+    if row is None:
+        # Not a legal move now: transition() says why (or makes it, if the state just changed).
+        transition(session, job_id, target, **values)
+        return
+    _on_terminal(session, row)
+
+
+@functools.cache
+def _finish_statement(target: JobState, keys: frozenset[str]) -> Any:
+    table = cast(Table, Job.__table__)
+    now = bindparam("now", type_=table.c.finished_at.type)
+    values: dict[str, Any] = {
+        "state": target.value,
+        "updated_at": now,
+        "finished_at": now,
+        "eta_at": None,
+    }
+    if target is JobState.SUCCEEDED:
+        values["progress"] = 100
+    for key in keys:
+        values[key] = bindparam(f"new_{key}", type_=table.c[key].type)
+    return (
+        update(table)
+        .where(
+            table.c.id == bindparam("job_id", type_=table.c.id.type),
+            table.c.state.in_([state.value for state in sources_of(target)]),
+        )
+        .values(**values)
+        .returning(
+            table.c.id,
+            table.c.kind,
+            table.c.state,
+            table.c.parent_id,
+            table.c.callback_url,
+            table.c.tenant_id,
+        )
+    )
+
+
+def _on_terminal(session: Session, job: _Finished) -> None:
     session.info.setdefault(_FINISHED_KEY, []).append((job.kind, job.state))
     webhooks.enqueue_delivery(session, job)
     if job.parent_id is not None:

@@ -19,18 +19,30 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from sous_core.db.models import Job, Tenant, WebhookDelivery, WebhookState, utcnow
+from sous_core.db.models import Tenant, WebhookDelivery, WebhookState, utcnow
 
 SIGNATURE_HEADER = "Sous-Signature"
 #: Receivers should refuse signatures older than this many seconds (replays).
 DEFAULT_TOLERANCE_SECONDS = 300
 
 
-def enqueue_delivery(session: Session, job: Job) -> None:
+class FinishedJob(Protocol):
+    """What a finished job's webhook needs of it (a ``Job``, or a row returned by an update)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def tenant_id(self) -> uuid.UUID: ...
+    @property
+    def callback_url(self) -> str | None: ...
+
+
+def enqueue_delivery(session: Session, job: FinishedJob) -> None:
     """Add the outbox row for a job that just finished (caller commits)."""
     if job.callback_url is None:
         return
