@@ -72,13 +72,18 @@ def _attempts(job_id: uuid.UUID) -> int:
         return jobs.get_job(session, job_id).attempts
 
 
-def test_a_second_message_for_a_live_job_waits_instead_of_running_it(
-    configured_db: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SOUS_HEARTBEAT_INTERVAL", "2")
+@pytest.fixture
+def heartbeat_every_2s(configured_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process-wide database, with a heartbeat every 2 s (alive within 6 s)."""
     from sous_core.settings import get_settings
 
+    monkeypatch.setenv("SOUS_HEARTBEAT_INTERVAL", "2")
     get_settings.cache_clear()
+
+
+def test_a_second_message_for_a_live_job_waits_instead_of_running_it(
+    heartbeat_every_2s: None,
+) -> None:
     job_id = _running_job(heartbeat_age=1)
     ran: list[uuid.UUID] = []
     task = FakeTask()
@@ -90,13 +95,7 @@ def test_a_second_message_for_a_live_job_waits_instead_of_running_it(
     assert task.retry_options == {"countdown": 6, "max_retries": job_runner.START_RETRY_LIMIT}
 
 
-def test_a_job_whose_heartbeat_stopped_is_taken_over(
-    configured_db: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SOUS_HEARTBEAT_INTERVAL", "2")
-    from sous_core.settings import get_settings
-
-    get_settings.cache_clear()
+def test_a_job_whose_heartbeat_stopped_is_taken_over(heartbeat_every_2s: None) -> None:
     job_id = _running_job(heartbeat_age=7)
     ran: list[int] = []
     job_runner._run_job(FakeTask(), job_id, lambda context: ran.append(context.attempt) or {})  # type: ignore[arg-type]
