@@ -78,7 +78,8 @@ def attempts_reached(client: httpx.Client, job_ids: list[str], attempts: int) ->
 def test_poison_jobs_are_dead_lettered_then_listed_replayed_and_purged(
     tmp_path: Path, poison_origin: PoisonOrigin
 ) -> None:
-    with make_stack(tmp_path, SOUS_MAX_DELIVERIES="2") as own:
+    # A redelivered job waits for its dead worker's heartbeat to go stale (3 intervals).
+    with make_stack(tmp_path, SOUS_MAX_DELIVERIES="2", SOUS_HEARTBEAT_INTERVAL="1") as own:
         api = own.start_api()
         with api.client(own.create_key("poison")) as client:
             poison = [

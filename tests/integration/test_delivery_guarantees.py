@@ -104,7 +104,8 @@ def test_readyz_is_ok_when_database_and_broker_answer(stack: Stack) -> None:
 def test_worker_killed_mid_task_redelivers_and_the_job_finishes(
     tmp_path: Path, origin: Origin
 ) -> None:
-    with make_stack(tmp_path) as own:
+    # The redelivered job waits for the dead worker's heartbeat to go stale (3 intervals).
+    with make_stack(tmp_path, SOUS_HEARTBEAT_INTERVAL="1") as own:
         api = own.start_api()
         worker = own.start_fast_worker("doomed-worker")
         with api.client(own.create_key("kill")) as client:
@@ -153,7 +154,7 @@ def test_cancelled_queued_job_never_runs(tmp_path: Path, origin: Origin) -> None
 def test_a_job_whose_worker_keeps_dying_is_dead_lettered_and_failed(
     tmp_path: Path, origin: Origin
 ) -> None:
-    with make_stack(tmp_path, SOUS_MAX_DELIVERIES="2") as own:
+    with make_stack(tmp_path, SOUS_MAX_DELIVERIES="2", SOUS_HEARTBEAT_INTERVAL="1") as own:
         api = own.start_api()
         with api.client(own.create_key("poison")) as client:
             job = client.post("/v1/fetches", json={"url": f"{origin.url}/drip/30"}).json()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -78,21 +80,55 @@ def heartbeat_every_2s(configured_db: str, monkeypatch: pytest.MonkeyPatch) -> N
     from sous_core.settings import get_settings
 
     monkeypatch.setenv("SOUS_HEARTBEAT_INTERVAL", "2")
+    monkeypatch.setattr(job_runner, "LIVE_POLL_SECONDS", 0.1)
     get_settings.cache_clear()
 
 
-def test_a_second_message_for_a_live_job_waits_instead_of_running_it(
+def _keep_beating(job_id: uuid.UUID, stop: threading.Event) -> None:
+    from datetime import UTC, datetime
+
+    from sous_core import jobs
+    from sous_core.db.engine import session_scope
+
+    while not stop.wait(0.2):
+        with session_scope() as session:
+            jobs.heartbeat(session, [job_id], datetime.now(UTC))
+
+
+def test_a_second_message_for_a_live_job_waits_then_is_handed_back(
     heartbeat_every_2s: None,
 ) -> None:
-    job_id = _running_job(heartbeat_age=1)
+    job_id = _running_job(heartbeat_age=0)
+    stop = threading.Event()
+    beating = threading.Thread(target=_keep_beating, args=(job_id, stop))
+    beating.start()
     ran: list[uuid.UUID] = []
     task = FakeTask()
-    with pytest.raises(Retried):
-        job_runner._run_job(task, job_id, lambda context: ran.append(context.job_id) or {})  # type: ignore[arg-type]
+    started = time.monotonic()
+    try:
+        with pytest.raises(Retried):
+            job_runner._run_job(task, job_id, lambda context: ran.append(context.job_id) or {})  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        beating.join()
     assert ran == []
     assert _attempts(job_id) == 1
-    # Looked at again once a live attempt would have heartbeated (3 intervals), forever.
+    # Waited a live window and a heartbeat (6 + 2 s) holding the message, then handed it
+    # back to be looked at again a live window later, without a retry limit.
+    assert time.monotonic() - started >= 8
     assert task.retry_options == {"countdown": 6, "max_retries": job_runner.START_RETRY_LIMIT}
+
+
+def test_a_dead_workers_job_is_taken_over_by_the_same_message(heartbeat_every_2s: None) -> None:
+    # Redelivered right after its worker died: the last heartbeat is still fresh. The
+    # message waits for it to go stale and runs the job, rather than publishing a new
+    # message (which would reset the broker's count of deliveries of a poison message).
+    job_id = _running_job(heartbeat_age=5)
+    ran: list[int] = []
+    task = FakeTask()
+    job_runner._run_job(task, job_id, lambda context: ran.append(context.attempt) or {})  # type: ignore[arg-type]
+    assert ran == [2]
+    assert task.retry_options == {}
 
 
 def test_a_job_whose_heartbeat_stopped_is_taken_over(heartbeat_every_2s: None) -> None:
@@ -102,15 +138,19 @@ def test_a_job_whose_heartbeat_stopped_is_taken_over(heartbeat_every_2s: None) -
     assert ran == [2]
 
 
-def test_a_message_for_a_job_this_process_is_running_waits(configured_db: str) -> None:
+def test_a_message_for_a_job_this_process_is_running_waits_for_it(
+    heartbeat_every_2s: None,
+) -> None:
     from sous_core import cancel_watch
 
     job_id = _running_job(heartbeat_age=3600)  # even with a stale heartbeat
     cancel_watch.WATCH._flags[job_id] = False
+    finished = threading.Timer(0.5, cancel_watch.WATCH.forget, args=(job_id,))
+    finished.start()
+    ran: list[int] = []
     try:
-        task = FakeTask()
-        with pytest.raises(Retried):
-            job_runner._run_job(task, job_id, lambda context: {})  # type: ignore[arg-type]
+        job_runner._run_job(FakeTask(), job_id, lambda context: ran.append(context.attempt) or {})  # type: ignore[arg-type]
     finally:
+        finished.join()
         cancel_watch.WATCH.forget(job_id)
-    assert _attempts(job_id) == 1
+    assert ran == [2]  # only once this process's attempt had ended

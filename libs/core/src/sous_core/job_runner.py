@@ -159,17 +159,9 @@ def register_job_task(app: Celery, name: str, work: WorkFunction, **options: Any
 def _run_job(task: Task, job_id: uuid.UUID, work: WorkFunction) -> None:
     telemetry.mark_job(job_id)
     with job_context(job_id):
-        if cancel_watch.WATCH.watching(job_id):
-            # Redelivered to the process whose first attempt is still finishing.
-            _defer_live(task, job_id)
         delivery_info = task.request.delivery_info or {}
-        try:
-            context = _start(job_id, redelivered=bool(delivery_info.get("redelivered")))
-        except OperationalError as exc:
-            _retry_start(task, job_id, exc)
-        if context is LIVE_ELSEWHERE:
-            _defer_live(task, job_id)
-        if not isinstance(context, JobContext):
+        context = _start_when_free(task, job_id, bool(delivery_info.get("redelivered")))
+        if context is None:
             return
         cancel_watch.WATCH.watch(job_id)
         try:
@@ -264,6 +256,46 @@ def _retry_start(task: Task, job_id: uuid.UUID, exc: OperationalError) -> NoRetu
         delay,
     )
     raise task.retry(countdown=delay, max_retries=START_RETRY_LIMIT)
+
+
+#: Seconds between two looks at a job another attempt is running.
+LIVE_POLL_SECONDS = 1.0
+
+
+def _start_when_free(task: Task, job_id: uuid.UUID, redelivered: bool) -> JobContext | None:
+    """Start the job, or ``None`` when it must not run; while another attempt runs it (its
+    heartbeat is fresh, or this very process still runs it), wait for that attempt.
+
+    The wait holds this message rather than publishing a new one: a message whose job
+    kills its worker comes back redelivered while the dead worker's last heartbeat is
+    still fresh, and only the same message keeps the broker's count of its deliveries
+    (which dead-letters a poison message). The wait ends when that heartbeat stops (the
+    job is taken over), when the job finishes (the message is dropped), or after one
+    live window plus a heartbeat: the other attempt is really alive, so the message is
+    handed back for later (:func:`_defer_live`).
+    """
+    window = cancel_watch.live_window()
+    deadline = time.monotonic() + window + window / cancel_watch.LIVE_HEARTBEATS
+    waited = False
+    while True:
+        if not cancel_watch.WATCH.watching(job_id):
+            try:
+                context = _start(job_id, redelivered=redelivered)
+            except OperationalError as exc:
+                _retry_start(task, job_id, exc)
+            if context is not LIVE_ELSEWHERE:
+                if waited:
+                    logger.info("job %s: the other attempt stopped; this one goes on", job_id)
+                return context if isinstance(context, JobContext) else None
+        if time.monotonic() >= deadline:
+            _defer_live(task, job_id)
+        if not waited:
+            logger.warning(
+                "job %s is running in another attempt; waiting for it to end or fall silent",
+                job_id,
+            )
+            waited = True
+        time.sleep(LIVE_POLL_SECONDS)
 
 
 def _defer_live(task: Task, job_id: uuid.UUID) -> NoReturn:

@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     #: Seconds between two runs of the stuck-job reaper.
     reaper_interval: float = Field(default=60.0, gt=0)
     #: Seconds between two heartbeats of each running job, sent by its worker.
-    heartbeat_interval: float = Field(default=10.0, gt=0, le=600)
+    heartbeat_interval: float = Field(default=2.0, gt=0, le=600)
     #: Seconds without a heartbeat after which a running job counts as stuck, per kind
     #: (``kind=seconds,...``); kinds not listed use ``reaper_default_silence``.
     reaper_silence: str = "fetch=60,email=60,transcode=300"
