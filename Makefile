@@ -29,6 +29,7 @@ test-unit: install tools ## Run only the tests that need no services (ffmpeg is 
 
 chaos: install tools ## Fault suite (minutes): kill, freeze and restart under load; prints the invariants
 	@$(UV) run --frozen python scripts/chaos.py $(CHAOS_ARGS)
+	@$(UV) run --frozen pytest -m long_fault tests/chaos
 
 bench: install services tools ## Run the benchmarks (minutes); results in bench/README.md and results.json
 	@$(UV) run --frozen python bench/vs_baseline.py

@@ -20,7 +20,9 @@ import pytest
 from chaos.harness import FAST_WORKERS, Chaos, ChaosConfig
 from chaos.private_services import PrivateServices
 
-pytestmark = pytest.mark.integration
+# About 80 s: run by `make chaos` (the short fault suite in `make test` restarts RabbitMQ
+# under a mixed load whose emails include slow ones, but not with sends this long).
+pytestmark = [pytest.mark.integration, pytest.mark.long_fault]
 
 EMAILS = 12
 #: Longer than the private RabbitMQ takes to stop and start again (~15-20 s here).
