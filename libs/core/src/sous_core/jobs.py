@@ -7,6 +7,7 @@ import binascii
 import functools
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -263,9 +264,8 @@ class _CoalescedSettler:
             self._pending[parent_id] = bind
         if not self._running:
             self._running = True
-            import gevent
-
-            gevent.spawn_later(self.DELAY, self._run)
+            # Monkey-patched, a timer thread is a greenlet (core does not import gevent).
+            threading.Timer(self.DELAY, self._run).start()
 
     def _run(self) -> None:
         try:
