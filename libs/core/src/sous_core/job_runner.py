@@ -79,8 +79,8 @@ class JobContext:
         A redelivered or retried job sees it in :attr:`result`. With ``claim`` (recording
         that an effect is about to happen), only while this attempt still owns the job:
         otherwise :class:`AttemptSuperseded` is raised and the effect must not happen.
-        While the database is
-        unreachable this waits for it, up to ``SOUS_OUTCOME_WRITE_PATIENCE_SECONDS``, since
+        While the database is unreachable this waits for it, up to
+        ``SOUS_OUTCOME_WRITE_PATIENCE_SECONDS``, since
         losing the record would let a redelivery repeat the effect; it keeps waiting
         through a worker shutdown for the same reason. If the database stays unreachable,
         the job fails rather than risk doing it twice.
