@@ -21,8 +21,12 @@ services: ## Start RabbitMQ, Redis and PostgreSQL if they are down (as root)
 tools: ## Install ffmpeg/ffprobe if missing (as root, with apt-get)
 	@bash scripts/ensure_tools.sh
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), a whole file per process so a
+# module's shared installation starts once; most tests wait on real processes, not the CPU.
+TEST_WORKERS ?= 3
+
 test: install services tools ## Run the whole suite against the real services
-	@$(UV) run --frozen pytest
+	@$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: install tools ## Run only the tests that need no services (ffmpeg is a tool, not a service)
 	@$(UV) run --frozen pytest -m "not integration" libs services tests/test_architecture.py

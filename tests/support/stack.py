@@ -209,10 +209,34 @@ def wait_for_job(client: httpx.Client, job_id: str, states: set[str], timeout: f
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
+#: Redis DB numbers the test stacks take turns on (0 is the dev stack's; 1-3 left free).
+TEST_REDIS_DBS = range(4, 16)
+_CLAIM_KEY = "sous-test:claimed-by"
+
+
+def claim_redis_db(timeout: float = 120) -> int:
+    """A Redis DB number no other running stack uses, claimed by a key inside that DB.
+
+    Tests run in parallel processes, each with stacks of its own; a stack's teardown
+    flushes its DB, so two stacks must never share one. The claim is ``SET NX`` in the DB
+    itself, so the teardown's ``FLUSHDB`` also releases it; a crashed run's claims expire.
+    """
+    owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+    deadline = time.monotonic() + timeout
+    while True:
+        for db in sorted(TEST_REDIS_DBS, key=lambda _: secrets.randbelow(1000)):
+            with redis.Redis(host="127.0.0.1", port=6379, db=db) as client:
+                if client.set(_CLAIM_KEY, owner, nx=True, ex=3600):
+                    return db
+        if time.monotonic() > deadline:
+            raise AssertionError(f"every test Redis DB {TEST_REDIS_DBS} stayed claimed")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def make_stack(tmp_path: Path, **overrides: str) -> Iterator[Stack]:
     name = f"sous_it_{secrets.token_hex(4)}"
-    redis_db = 8 + secrets.randbelow(8)
+    redis_db = claim_redis_db()
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     rabbitmqctl("add_vhost", name)
