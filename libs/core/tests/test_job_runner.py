@@ -154,3 +154,74 @@ def test_a_message_for_a_job_this_process_is_running_waits_for_it(
         finished.join()
         cancel_watch.WATCH.forget(job_id)
     assert ran == [2]  # only once this process's attempt had ended
+
+
+class ClosingServer:
+    """A TCP server that accepts and at once closes every connection, counting them."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_progress_during_a_database_outage_is_skipped_and_the_work_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sous_core.db.engine import dispose_engine
+    from sous_core.settings import get_settings
+
+    server = ClosingServer()
+    monkeypatch.setenv(
+        "SOUS_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/sous"
+    )
+    get_settings.cache_clear()
+    dispose_engine()
+    try:
+        context = job_runner.JobContext(job_id=uuid.uuid4(), kind="transcode", params={}, attempt=1)
+        context.set_progress(10, eta_seconds=30)  # does not raise: the work goes on
+        assert server.connections == 1
+        assert "progress 10% not recorded, the database is unreachable" in caplog.text
+        # Within the pause, updates are skipped without waiting on the database again.
+        context.set_progress(20)
+        context.set_progress(30)
+        assert server.connections == 1
+        assert "progress 20%" not in caplog.text
+        # Once the pause is over, the next update tries again.
+        context._progress_resumes_at = time.monotonic() - 1
+        context.set_progress(40)
+        assert server.connections == 2
+        assert "progress 40% not recorded" in caplog.text
+    finally:
+        server.close()
+        dispose_engine()
+        get_settings.cache_clear()
+
+
+def test_progress_is_recorded_while_the_database_answers(heartbeat_every_2s: None) -> None:
+    from sous_core import jobs
+    from sous_core.db.engine import session_scope
+
+    job_id = _running_job(heartbeat_age=0)
+    context = job_runner.JobContext(job_id=job_id, kind="email", params={}, attempt=1)
+    context.set_progress(55.7, eta_seconds=12)
+    with session_scope() as session:
+        job = jobs.get_job(session, job_id)
+        assert job.progress == 55
+        assert job.eta_at is not None

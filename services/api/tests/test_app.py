@@ -43,3 +43,31 @@ def test_declared_body_over_the_limit_is_413_before_auth(app_client: TestClient)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
     assert "4096" in response.json()["error"]["message"]
+
+
+def test_the_openapi_document_states_the_bearer_key_on_every_v1_operation(
+    app_client: TestClient,
+) -> None:
+    document = app_client.get("/openapi.json").json()
+    scheme = document["components"]["securitySchemes"]["apiKey"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    operations = [
+        (path, method, operation)
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    ]
+    assert any(path.startswith("/v1/") for path, _, _ in operations)
+    for path, method, operation in operations:
+        expected = [{"apiKey": []}] if path.startswith("/v1/") else None
+        assert operation.get("security") == expected, (method, path)
+        if expected:
+            assert "401" in operation["responses"], (method, path)
+
+
+def test_a_non_bearer_authorization_header_is_401_in_the_error_shape(
+    app_client: TestClient,
+) -> None:
+    response = app_client.get("/v1/jobs", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "unauthorized"

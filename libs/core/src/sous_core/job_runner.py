@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -49,6 +49,10 @@ logger = logging.getLogger("sous.jobs")
 _Params = TypeVar("_Params", bound=BaseModel)
 
 
+#: Seconds progress updates are skipped after one failed because the database was down.
+PROGRESS_OUTAGE_PAUSE_SECONDS = 10.0
+
+
 @dataclass
 class JobContext:
     """What the work function of a job sees: its id, parameters and a way to report."""
@@ -59,6 +63,8 @@ class JobContext:
     attempt: int
     #: What an earlier attempt recorded with :meth:`checkpoint` (``None`` on a first run).
     result: dict[str, Any] | None = None
+    #: ``time.monotonic()`` before which progress is not written (the database was down).
+    _progress_resumes_at: float = field(default=0.0, repr=False)
 
     def params_as(self, model: type[_Params]) -> _Params:
         """The job's parameters as ``model``; invalid ones fail the job for good."""
@@ -113,13 +119,32 @@ class JobContext:
         self.result = result
 
     def set_progress(self, percent: float, eta_seconds: float | None = None) -> None:
-        """Record progress 0-100 and, if known, the seconds left (the job's ``eta_at``)."""
+        """Record progress 0-100 and, if known, the seconds left (the job's ``eta_at``).
+
+        Progress is best effort: while the database is unreachable an update is skipped
+        with a warning and the work goes on (the outcome, written later, waits for the
+        database). After a failed write, updates are skipped for
+        ``PROGRESS_OUTAGE_PAUSE_SECONDS`` rather than each waiting for a connect timeout.
+        """
+        if time.monotonic() < self._progress_resumes_at:
+            return
         percent = max(0, min(100, int(percent)))
         eta_at = None
         if eta_seconds is not None:
             eta_at = utcnow() + timedelta(seconds=max(0.0, eta_seconds))
-        with session_scope() as session:
-            jobs.set_progress(session, self.job_id, percent, eta_at)
+        try:
+            with session_scope() as session:
+                jobs.set_progress(session, self.job_id, percent, eta_at)
+        except OperationalError as exc:
+            self._progress_resumes_at = time.monotonic() + PROGRESS_OUTAGE_PAUSE_SECONDS
+            logger.warning(
+                "job %s: progress %d%% not recorded, the database is unreachable (%s); "
+                "the work goes on, progress is skipped for %.0f s",
+                self.job_id,
+                percent,
+                type(exc.orig or exc).__name__,
+                PROGRESS_OUTAGE_PAUSE_SECONDS,
+            )
 
 
 def retry_delay(retries: int, base: float, cap: float) -> int:
