@@ -141,6 +141,14 @@ def test_the_heavy_grace_period_follows_the_transcode_settings() -> None:
     assert transcode_limit_seconds(env_of(rendered, "worker-heavy")) == 18000
 
 
+def test_the_api_rate_limits_each_tenant_by_default_and_can_be_turned_off() -> None:
+    api_env = env_of(render(EXISTING), "api")
+    assert api_env["SOUS_RATE_LIMIT_PER_SECOND"] == "50"
+    assert api_env["SOUS_RATE_LIMIT_BURST"] == "100"
+    off = render({**EXISTING, "api": {"rateLimit": {"perSecond": 0, "burst": 0}}})
+    assert env_of(off, "api")["SOUS_RATE_LIMIT_PER_SECOND"] == "0"
+
+
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
 def test_each_scaled_object_scales_its_own_deployment_on_the_queues_it_consumes(
     values_file: Path,
