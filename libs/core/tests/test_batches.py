@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+import uuid
 
 import pytest
 from sqlalchemy import select, update
@@ -185,53 +183,22 @@ def test_a_batch_still_running_children_is_not_unsettled(session: Session) -> No
     assert batches.unsettled(session) == []
 
 
-GREEN_PROGRAM = """
-from gevent import monkey
-monkey.patch_all()
-import sys
-import gevent
-from sqlalchemy.orm import Session
-from sous_core import jobs
-from sous_core.db.engine import make_engine
-from sous_core.db.migrate import upgrade
-from sous_core.states import JobState
-sys.path.insert(0, {tests!r})
-from test_batches import children, running_batch
-
-url = "sqlite:///" + {db!r}
-upgrade(url)
-engine = make_engine(url)
-with Session(engine) as session:
-    parent = running_batch(session, [f"https://x.example/{{i}}" for i in range(40)])
-    ids = [child.id for child in children(session, parent)]
-
-recounts = []
-settle = jobs.batches.settle
-jobs.batches.settle = lambda bind, parent_id: recounts.append(parent_id) or settle(bind, parent_id)
-
-def finish(child_id):
-    with Session(engine) as session:
-        jobs.transition(session, child_id, JobState.RUNNING)
-        jobs.finish_job(session, child_id, JobState.SUCCEEDED, result={{"ok": True}})
-        session.commit()
-    gevent.sleep(0.001)
-
-gevent.joinall([gevent.spawn(finish, child_id) for child_id in ids])
-gevent.sleep(0.5)
-with Session(engine) as session:
-    done = jobs.get_job(session, parent.id)
-    print(done.state, done.children_finished, len(recounts))
-"""
-
-
-def test_a_gevent_worker_coalesces_the_recounts_and_still_finishes_the_batch(
-    tmp_path: Path,
-) -> None:
-    # A fresh interpreter: monkey-patching must not leak into the test process.
-    program = GREEN_PROGRAM.format(tests=str(Path(__file__).parent), db=str(tmp_path / "b.db"))
-    out = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.split()
-    state, finished, recounts = out[0], int(out[1]), int(out[2])
-    assert (state, finished) == ("succeeded", 40)
-    assert 1 <= recounts < 40, f"{recounts} recounts for 40 children"
+def test_an_installed_settler_gets_the_recounts_instead_of_the_commit(session: Session) -> None:
+    parent = running_batch(session)
+    a, b, _ = children(session, parent)
+    requested: list[set[uuid.UUID]] = []
+    jobs.defer_batch_settling(lambda bind, parents: requested.append(set(parents)))
+    try:
+        for child in (a, b):
+            jobs.transition(session, child.id, JobState.RUNNING)
+            jobs.finish_job(session, child.id, JobState.SUCCEEDED, result={"ok": True})
+            session.commit()
+    finally:
+        jobs.defer_batch_settling(None)
+    assert requested == [{parent.id}, {parent.id}]
+    session.expire_all()
+    assert jobs.get_job(session, parent.id).children_finished == 0  # not recounted yet
+    session.commit()
+    jobs.settle_batch(session.get_bind(), parent.id)
+    session.expire_all()
+    assert jobs.get_job(session, parent.id).children_finished == 2

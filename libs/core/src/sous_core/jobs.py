@@ -6,10 +6,8 @@ import base64
 import binascii
 import functools
 import logging
-import sys
-import threading
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
@@ -229,57 +227,29 @@ def _settle_committed_batches(session: Session, transaction: Any) -> None:
     parents = session.info.pop(_SETTLE_NOW_KEY, None)
     if parents:
         bind = session.get_bind()
-        if _green():
-            _SETTLER.request(bind, parents)
+        if _settle_later is not None:
+            _settle_later(bind, parents)
             return
         for parent_id in parents:
             settle_batch(bind, parent_id)
 
 
-def _green() -> bool:
-    """Whether this is a gevent worker (greenlets, not threads, run its jobs)."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and bool(monkey.is_module_patched("socket"))
+#: Takes ``(bind, parent ids)`` after a commit that finished children of those batches,
+#: instead of recounting them at once; see :func:`defer_batch_settling`.
+BatchSettler = Callable[[Engine | Connection, Collection[uuid.UUID]], None]
+_settle_later: BatchSettler | None = None
 
 
-class _CoalescedSettler:
-    """Recounts requested by a gevent worker's children, a few at a time.
+def defer_batch_settling(settler: BatchSettler | None) -> None:
+    """Hand the recounts of batches whose children finished to ``settler``.
 
-    A hundred children of one batch finishing within a few hundred milliseconds asked
-    for a hundred recounts of the same parent; one recount made a moment after several
-    children committed counts them all. Requests arriving while recounts run get
-    another round, so the last child's commit is always followed by a recount. A recount
-    lost with the process is made by the maintenance sweep, as before.
+    By default a commit that finishes a child recounts its batch at once. A worker that
+    finishes many children of one batch within milliseconds (the gevent pool) installs a
+    settler that makes one recount for several of them; a recount it loses is made by the
+    maintenance sweep. ``None`` restores recounting at once.
     """
-
-    #: Seconds a first request waits for others to join it.
-    DELAY = 0.02
-
-    def __init__(self) -> None:
-        self._pending: dict[uuid.UUID, Engine | Connection] = {}
-        self._running = False
-
-    def request(self, bind: Engine | Connection, parents: Collection[uuid.UUID]) -> None:
-        for parent_id in parents:
-            self._pending[parent_id] = bind
-        if not self._running:
-            self._running = True
-            # Monkey-patched, a timer thread is a greenlet (core does not import gevent).
-            threading.Timer(self.DELAY, self._run).start()
-
-    def _run(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, {}
-                for parent_id, bind in batch.items():
-                    settle_batch(bind, parent_id)
-        finally:
-            # If this greenlet was killed, what is left goes with the next request (or
-            # the maintenance sweep).
-            self._running = False
-
-
-_SETTLER = _CoalescedSettler()
+    global _settle_later
+    _settle_later = settler
 
 
 class _Finished(webhooks.FinishedJob, Protocol):

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 
-from sous_core import ticks
+from sous_core import jobs, ticks
 from sous_core.celery_app import create_celery_app
 from sous_core.db.models import utcnow
 from sous_core.dead_letters import DeadLetterWatcher
@@ -27,6 +27,7 @@ from sous_core.tasks import (
     SWEEP_UPLOADS_TASK,
 )
 from sous_worker_fast import green_imports, green_loop, maintenance
+from sous_worker_fast.coalesced_settling import CoalescedSettler
 from sous_worker_fast.email_jobs import run_email
 from sous_worker_fast.fetch_jobs import run_fetch, run_fetch_batch
 from sous_worker_fast.webhook_dispatch import WebhookDispatcher
@@ -38,6 +39,18 @@ logger = logging.getLogger("sous.maintenance")
 green_imports.rebind()
 green_loop.install()
 app = create_celery_app("sous-worker-fast")
+
+
+@signals.worker_init.connect
+def _coalesce_batch_recounts(**_: Any) -> None:
+    """The gevent pool finishes many children of one batch at once: one recount for several.
+
+    Installed when a worker starts, not on import (tests import this module in processes
+    that run no greenlet hub).
+    """
+    jobs.defer_batch_settling(CoalescedSettler().request)
+
+
 observe_worker("sous-worker-fast", prefork=False)
 # Fast workers also fail the jobs whose messages were dead-lettered (any queue's),
 app.steps["consumer"].add(DeadLetterWatcher)
