@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from support.stack import (
@@ -51,21 +52,20 @@ def silent_broker() -> Iterator[int]:
     listener.close()
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["single", "batched"])
 @pytest.mark.parametrize("outage", ["refused", "hung"])
 def test_broker_outage_answers_503_fast_and_records_the_failure(
-    stack: Stack, outage: str, silent_broker: int
+    stack: Stack, outage: str, keyed: bool, silent_broker: int
 ) -> None:
+    # With an Idempotency-Key a job is submitted on its own, without one in a batch.
+    headers = {"Idempotency-Key": "retry-me"} if keyed else {}
     port = free_port() if outage == "refused" else silent_broker
     env = {**stack.env, "SOUS_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{port}//"}
     api = stack.start_api(env)
-    key = stack.create_key(f"outage-{outage}")
+    key = stack.create_key(f"outage-{outage}-{'single' if keyed else 'batched'}")
     with api.client(key) as client:
         started = time.monotonic()
-        response = client.post(
-            "/v1/fetches",
-            json={"url": "https://example.com/"},
-            headers={"Idempotency-Key": "retry-me"},
-        )
+        response = client.post("/v1/fetches", json={"url": "https://example.com/"}, headers=headers)
         elapsed = time.monotonic() - started
 
         assert response.status_code == 503
@@ -78,17 +78,44 @@ def test_broker_outage_answers_503_fast_and_records_the_failure(
         assert jobs[0]["state"] == "failed"
         assert jobs[0]["error"]["code"] == "broker_unavailable"
         # The key was freed: retrying makes a fresh attempt rather than replaying the 503.
-        retry = client.post(
-            "/v1/fetches",
-            json={"url": "https://example.com/"},
-            headers={"Idempotency-Key": "retry-me"},
-        )
+        retry = client.post("/v1/fetches", json={"url": "https://example.com/"}, headers=headers)
         assert retry.status_code == 503
         assert len(client.get("/v1/jobs").json()["items"]) == 2
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["database"] == "ok"
         assert ready.json()["checks"]["broker"].startswith("unreachable")
+    api.proc.stop()
+
+
+def test_concurrent_submissions_to_a_hung_broker_are_each_refused_fast(
+    stack: Stack, silent_broker: int
+) -> None:
+    env = {**stack.env, "SOUS_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{silent_broker}//"}
+    api = stack.start_api(env)
+    key = stack.create_key("outage-concurrent")
+
+    def submit(n: int) -> tuple[httpx.Response, float]:
+        with api.client(key) as client:
+            started = time.monotonic()
+            response = client.post("/v1/fetches", json={"url": f"https://example.com/{n}"})
+            return response, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(submit, range(12)))
+    for response, elapsed in answers:
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "broker_unavailable"
+        assert response.headers["retry-after"] == "5"
+        # A request that waited behind a failing batch is refused with it, not after
+        # another timeout of its own.
+        assert elapsed < 2.0, f"503 took {elapsed:.2f}s"
+    with api.client(key) as client:
+        jobs = client.get("/v1/jobs", params={"limit": 100}).json()["items"]
+    # Nothing half-written: every job that was written says why it never ran.
+    assert 1 <= len(jobs) <= 12
+    assert {job["state"] for job in jobs} == {"failed"}
+    assert {job["error"]["code"] for job in jobs} == {"broker_unavailable"}
     api.proc.stop()
 
 

@@ -71,7 +71,7 @@ def publish_job(app: Celery, job: Job, connection: Connection | None = None) -> 
         raise BrokerUnavailable(f"the message broker did not accept the job: {exc}") from exc
 
 
-def publish_jobs(app: Celery, jobs: Sequence[Job]) -> None:
+def publish_jobs(app: Celery, jobs: Sequence[Job], connection: Connection | None = None) -> None:
     """Publish the tasks of many jobs, then wait once for RabbitMQ to confirm them all.
 
     :func:`publish_job` waits for each message's confirm before sending the next; a
@@ -80,23 +80,42 @@ def publish_jobs(app: Celery, jobs: Sequence[Job]) -> None:
     ack for many) are collected at the end. Raises ``BrokerUnavailable`` unless every
     message was confirmed within the publish timeout (plus 10 ms a message); then some
     may still have been queued, as with any failed publish.
+
+    ``connection`` (kept open by the caller, without ``confirm_publish``, used by one
+    thread at a time) saves opening one per call; by default a new one is opened. A kept
+    connection the broker closed meanwhile (a restart) is reopened and the batch sent
+    again once, as a single publish retries once.
     """
     if not jobs:
         return
     timeout = get_settings().broker_publish_timeout + 0.01 * len(jobs)
     try:
-        with app.connection_for_write() as connection:
-            connection.connect()
-            channel = connection.channel()
+        if connection is None:
+            with app.connection_for_write() as fresh:
+                _publish_on(app, fresh, jobs, timeout)
+        else:
             try:
-                _publish_all_confirmed(app, connection, channel, jobs, timeout)
-            finally:
-                channel.close()
+                _publish_on(app, connection, jobs, timeout)
+            except (*connection.connection_errors, OSError) as exc:
+                logger.info("publisher connection lost (%r): reconnecting once", exc)
+                connection.close()
+                _publish_on(app, connection, jobs, timeout)
     except BrokerUnavailable:
         raise
     except Exception as exc:
         logger.warning("publishing %d jobs failed: %r", len(jobs), exc)
         raise BrokerUnavailable(f"the message broker did not accept the jobs: {exc}") from exc
+
+
+def _publish_on(app: Celery, connection: Connection, jobs: Sequence[Job], timeout: float) -> None:
+    if not connection.connected:
+        # Two attempts at once, each within the connect timeout (not kombu's 2 s pause).
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+    channel = connection.channel()
+    try:
+        _publish_all_confirmed(app, connection, channel, jobs, timeout)
+    finally:
+        channel.close()
 
 
 def _publish_all_confirmed(

@@ -138,6 +138,11 @@ API_BROKER_UNAVAILABLE = Counter(
 API_QUOTA_REJECTIONS = Counter(
     "sous_api_quota_rejections", "Submissions refused by a tenant's daily quota.", ("kind",)
 )
+API_SUBMISSION_BATCH_SIZE = Histogram(
+    "sous_api_submission_batch_size",
+    "Jobs submitted together in one transaction and one confirm wait (concurrent requests).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)
 #: Computed from the database at scrape time by the API (``sous_api.metrics``).
 API_DATABASE_METRICS = {
     "sous_api_keys_active": "API keys usable now (not revoked, not expired).",

@@ -13,18 +13,20 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Collection
-from datetime import datetime
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any, cast
 
 from celery import Celery
+from kombu import Connection
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sous_core import jobs, metrics, quotas
 from sous_core.db.models import Job, utcnow
-from sous_core.enqueue import BrokerUnavailable, publish_job
+from sous_core.enqueue import BrokerUnavailable, publish_job, publish_jobs
 from sous_core.states import JobState
 
 logger = logging.getLogger("sous.submissions")
@@ -33,6 +35,10 @@ logger = logging.getLogger("sous.submissions")
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 #: Seconds a client is told to wait before retrying after a broker failure.
 BROKER_RETRY_AFTER_SECONDS = 5
+#: The error of a job recorded failed because the broker did not take its message.
+BROKER_FAILED_MESSAGE = (
+    "The job could not be queued because the message broker was unavailable. Retry the request."
+)
 
 
 class SubmissionRefused(Exception):
@@ -241,21 +247,182 @@ def submit_job(
             job.id,
             JobState.FAILED,
             error_code="broker_unavailable",
-            error_message="The job could not be queued because the message broker was "
-            "unavailable. Retry the request.",
+            error_message=BROKER_FAILED_MESSAGE,
             idempotency_key=None,
         )
         quotas.refund(session, tenant_id, kind, params, quotas.utc_day(now))
         session.commit()
         metrics.API_BROKER_UNAVAILABLE.labels(kind=kind).inc()
-        raise SubmissionRefused(
-            503,
-            "broker_unavailable",
-            "The job queue is unavailable right now; nothing was queued. Retry shortly.",
-            retry_after=BROKER_RETRY_AFTER_SECONDS,
-        ) from exc
+        raise broker_refusal() from exc
 
     metrics.JOBS_SUBMITTED.labels(kind=kind).inc()
     if not queue_mark:
         return job, False
     return _mark_queued(session, job), False
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One job asked for without an ``Idempotency-Key``, to be submitted in a batch."""
+
+    tenant_id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    callback_url: str | None = None
+
+
+#: What :func:`submit_many` gives back for each submission: its queued job, or why not.
+Outcome = Job | SubmissionRefused
+
+
+def submit_many(
+    session: Session,
+    celery: Celery,
+    requests: Sequence[Submission],
+    connection: Connection | None = None,
+) -> list[Outcome]:
+    """Submit many jobs at once: one transaction, one wait for the broker's confirms, one mark.
+
+    The group commit of :func:`submit_job` for concurrent requests: every row and quota
+    charge is written in one transaction (one charge per tenant and metric, for the sum
+    of its jobs), every message published on one channel and confirmed together, and
+    every job marked ``queued`` in one statement. Each outcome is what :func:`submit_job`
+    would have given that request: the job (``queued``, or as a worker already moved
+    it), or the :class:`SubmissionRefused` to answer with. When a quota refuses a
+    tenant's combined charge, that tenant's jobs are submitted one by one, so exactly
+    those past the limit are refused. ``connection`` is the broker connection to
+    publish on (without ``confirm_publish``; the caller owns it); by default a new one.
+    """
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    now = utcnow()
+    pending: dict[int, tuple[Job, quotas.Charge]] = {}
+    for index, request in enumerate(requests):
+        try:
+            charge = quotas.prepare_charge(
+                session, request.tenant_id, request.kind, request.params, now
+            )
+        except SubmissionRefused as exc:
+            metrics.API_QUOTA_REJECTIONS.labels(kind=request.kind).inc()
+            outcomes[index] = exc
+            continue
+        job = _new_job(
+            now=now,
+            tenant_id=request.tenant_id,
+            kind=request.kind,
+            params=request.params,
+            idempotency_key=None,
+            request_sha256=request_fingerprint(request.kind, request.params, request.callback_url),
+            callback_url=request.callback_url,
+            schedule_id=None,
+        )
+        pending[index] = (job, charge)
+    session.rollback()  # prepare_charge may have read: start the writing transaction afresh
+    while pending:
+        refused = _create_and_charge_all(session, list(pending.values()))
+        if not refused:
+            break
+        # Those tenants' jobs one at a time (each refused or not on its own); the rest again.
+        for index in [i for i, (_, charge) in pending.items() if _group(charge) in refused]:
+            del pending[index]
+            outcomes[index] = _submit_one(session, celery, requests[index])
+    if pending:
+        for index, outcome in _publish_and_mark(session, celery, pending, connection).items():
+            outcomes[index] = outcome
+    assert all(outcome is not None for outcome in outcomes)
+    return cast(list[Outcome], outcomes)
+
+
+def _group(charge: quotas.Charge) -> tuple[uuid.UUID, date, str, bool]:
+    return (charge.tenant_id, charge.day, charge.metric, charge.enforce)
+
+
+def _create_and_charge_all(
+    session: Session, pending: list[tuple[Job, quotas.Charge]]
+) -> set[tuple[uuid.UUID, date, str, bool]]:
+    """Insert every row and charge each tenant's sum; commit, or roll back and return the
+    charge groups a quota refused."""
+    session.connection().execute(
+        _INSERT_JOB, [{key: getattr(job, key) for key in _JOB_COLUMNS} for job, _ in pending]
+    )
+    sums: dict[tuple[uuid.UUID, date, str, bool], int] = {}
+    for _, charge in pending:
+        sums[_group(charge)] = sums.get(_group(charge), 0) + charge.units
+    refused = set()
+    for group, units in sums.items():
+        tenant_id, day, metric, enforce = group
+        if (
+            quotas.apply_charge(session, quotas.Charge(tenant_id, day, metric, units, enforce))
+            is None
+        ):
+            refused.add(group)
+    if refused:
+        session.rollback()
+    else:
+        session.commit()
+    return refused
+
+
+def _submit_one(session: Session, celery: Celery, request: Submission) -> Outcome:
+    try:
+        job, _ = submit_job(
+            session, celery, request.tenant_id, request.kind, request.params,
+            callback_url=request.callback_url,
+        )  # fmt: skip
+    except SubmissionRefused as exc:
+        return exc
+    return job
+
+
+def _publish_and_mark(
+    session: Session,
+    celery: Celery,
+    pending: dict[int, tuple[Job, quotas.Charge]],
+    connection: Connection | None,
+) -> dict[int, Outcome]:
+    created = [job for job, _ in pending.values()]
+    try:
+        publish_jobs(celery, created, connection=connection)
+    except BrokerUnavailable as exc:
+        return _broker_failed(session, pending, exc)
+    for job in created:
+        metrics.JOBS_SUBMITTED.labels(kind=job.kind).inc()
+    at, marked = mark_queued(session, [job.id for job in created])
+    outcomes: dict[int, Outcome] = {}
+    for index, (job, _) in pending.items():
+        if job.id in marked:
+            job.state = JobState.QUEUED.value
+            job.queued_at = job.updated_at = at
+            outcomes[index] = job
+        else:  # a worker already picked it up: report it as it is now
+            outcomes[index] = jobs.get_job(session, job.id)
+    return outcomes
+
+
+def _broker_failed(
+    session: Session, pending: dict[int, tuple[Job, quotas.Charge]], exc: BrokerUnavailable
+) -> dict[int, Outcome]:
+    """Fail every job of a batch the broker did not confirm and refund its charge."""
+    session.rollback()
+    for job, charge in pending.values():
+        jobs.transition(
+            session,
+            job.id,
+            JobState.FAILED,
+            error_code="broker_unavailable",
+            error_message=BROKER_FAILED_MESSAGE,
+        )
+        quotas.refund(session, job.tenant_id, job.kind, job.params, charge.day)
+        metrics.API_BROKER_UNAVAILABLE.labels(kind=job.kind).inc()
+    session.commit()
+    logger.warning("a batch of %d submissions failed: %s", len(pending), exc)
+    return {index: broker_refusal() for index in pending}
+
+
+def broker_refusal() -> SubmissionRefused:
+    """The refusal of a submission the broker did not take (nothing was queued)."""
+    return SubmissionRefused(
+        503,
+        "broker_unavailable",
+        "The job queue is unavailable right now; nothing was queued. Retry shortly.",
+        retry_after=BROKER_RETRY_AFTER_SECONDS,
+    )

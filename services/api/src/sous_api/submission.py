@@ -5,12 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from fastapi import Request
 from sqlalchemy.orm import Session
 
+from sous_api.deps import run_db
 from sous_api.errors import ApiError
 from sous_api.schemas import JobResource
+from sous_api.submission_batches import SubmissionBatcher
 from sous_core import submissions
 from sous_core.apikeys import Principal
+
+
+async def submit(
+    request: Request,
+    celery: Celery,
+    principal: Principal,
+    kind: str,
+    params: dict[str, Any],
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
+) -> tuple[JobResource, bool]:
+    """Create and enqueue the principal's job; ``(job, replayed)`` or raises ApiError.
+
+    Without an ``Idempotency-Key`` the job is submitted in a batch with other requests'
+    (``SubmissionBatcher``) and comes back ``queued``; with one, on its own, and the
+    caller marks it queued (``job_accepted``).
+    """
+    if idempotency_key is None:
+        batcher: SubmissionBatcher = request.app.state.submission_batcher
+        submission = submissions.Submission(principal.tenant_id, kind, params, callback_url)
+        try:
+            return await batcher.submit(submission), False
+        except submissions.SubmissionRefused as exc:
+            raise refusal_error(exc) from exc
+    return await run_db(submit_job, celery, principal, kind, params, idempotency_key, callback_url)
 
 
 def submit_job(

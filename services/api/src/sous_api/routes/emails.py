@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response, status
 
-from sous_api.deps import CeleryDep, PrincipalDep, run_db
+from sous_api.deps import CeleryDep, PrincipalDep
 from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, error_responses
 from sous_api.routes.jobs import job_accepted
 from sous_api.schemas import JobResource
-from sous_api.submission import refusal_error, submit_job
+from sous_api.submission import refusal_error, submit
 from sous_core.job_requests import EmailRequest
 from sous_core.submissions import SubmissionRefused
 
@@ -39,8 +39,8 @@ async def submit_email(
         job_request = body.submission()
     except SubmissionRefused as exc:
         raise refusal_error(exc) from exc
-    job, replayed = await run_db(
-        submit_job,
+    job, replayed = await submit(
+        request,
         celery,
         principal,
         job_request.kind,

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response, status
 
-from sous_api.deps import CeleryDep, PrincipalDep, run_db
+from sous_api.deps import CeleryDep, PrincipalDep
 from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, error_responses
 from sous_api.routes.jobs import job_accepted
 from sous_api.schemas import JobResource
-from sous_api.submission import submit_job
+from sous_api.submission import submit
 from sous_core.job_requests import FetchRequest
 
 router = APIRouter(prefix="/v1/fetches", tags=["fetches"], responses=AUTHENTICATED_ROUTE_ERRORS)
@@ -36,8 +36,8 @@ async def submit_fetch(
     one failing URL does not fail the others. Its progress is the share finished.
     """
     job_request = body.submission()
-    job, replayed = await run_db(
-        submit_job,
+    job, replayed = await submit(
+        request,
         celery,
         principal,
         job_request.kind,
