@@ -516,11 +516,27 @@ class Chaos:
 
     @staticmethod
     def _received_after_warm_shutdown(proc: Proc) -> int:
+        """Tasks the worker ran although they reached it after its warm shutdown began.
+
+        A message already delivered to the consumer may still be logged as received
+        after the shutdown began; it is not run but handed back (unacknowledged) when
+        the worker closes its connection, and another worker runs it. Taken means run:
+        any other line of this log about that task after the shutdown (the job runner's
+        or Celery's trace of its outcome).
+        """
         log = proc.log()
         marker = log.find("Warm shutdown")
         if marker < 0:
             return 0
-        return len(re.findall(r"Task \S+\[[0-9a-f-]+\] received", log[marker:]))
+        after = log[marker:]
+        received = re.findall(r"Task \S+\[([0-9a-f-]+)\] received", after)
+        return sum(
+            1
+            for task_id in received
+            if any(
+                task_id in line and not line.endswith("] received") for line in after.splitlines()
+            )
+        )
 
     def inject(self, fault: str) -> None:
         self.supervise()
