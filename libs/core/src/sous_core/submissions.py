@@ -241,18 +241,8 @@ def submit_job(
     try:
         publish_job(celery, job)
     except BrokerUnavailable as exc:
-        # Free the key so that retrying the same request makes a fresh attempt.
-        jobs.transition(
-            session,
-            job.id,
-            JobState.FAILED,
-            error_code="broker_unavailable",
-            error_message=BROKER_FAILED_MESSAGE,
-            idempotency_key=None,
-        )
-        quotas.refund(session, tenant_id, kind, params, quotas.utc_day(now))
+        _record_unqueued(session, job, quotas.utc_day(now))
         session.commit()
-        metrics.API_BROKER_UNAVAILABLE.labels(kind=kind).inc()
         raise broker_refusal() from exc
 
     metrics.JOBS_SUBMITTED.labels(kind=kind).inc()
@@ -404,18 +394,27 @@ def _broker_failed(
     """Fail every job of a batch the broker did not confirm and refund its charge."""
     session.rollback()
     for job, charge in pending.values():
-        jobs.transition(
-            session,
-            job.id,
-            JobState.FAILED,
-            error_code="broker_unavailable",
-            error_message=BROKER_FAILED_MESSAGE,
-        )
-        quotas.refund(session, job.tenant_id, job.kind, job.params, charge.day)
-        metrics.API_BROKER_UNAVAILABLE.labels(kind=job.kind).inc()
+        _record_unqueued(session, job, charge.day)
     session.commit()
     logger.warning("a batch of %d submissions failed: %s", len(pending), exc)
     return {index: broker_refusal() for index in pending}
+
+
+def _record_unqueued(session: Session, job: Job, day: date) -> None:
+    """A job the broker did not take: failed with the reason, its quota charge refunded.
+
+    Its ``Idempotency-Key`` is freed, so retrying the same request makes a fresh attempt.
+    """
+    jobs.transition(
+        session,
+        job.id,
+        JobState.FAILED,
+        error_code="broker_unavailable",
+        error_message=BROKER_FAILED_MESSAGE,
+        idempotency_key=None,
+    )
+    quotas.refund(session, job.tenant_id, job.kind, job.params, day)
+    metrics.API_BROKER_UNAVAILABLE.labels(kind=job.kind).inc()
 
 
 def broker_refusal() -> SubmissionRefused:
