@@ -153,7 +153,14 @@ def _publish_on(app: Celery, connection: Connection, jobs: Sequence[Job], timeou
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
     channel = connection.channel()
     try:
-        _publish_all_confirmed(app, connection, channel, jobs, timeout)
+        if connection.transport.driver_type == "amqp":
+            _publish_all_confirmed(app, connection, channel, jobs, timeout)
+        else:
+            # The embedded mode's broker (``filesystem://``) has no publisher confirms:
+            # each publish is a file written before it returns.
+            producer = Producer(channel)
+            for job in jobs:
+                _send_on(app, producer, job)
     finally:
         channel.close()
 
