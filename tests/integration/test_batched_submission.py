@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session
 
+from sous_core import apikeys, quotas, submissions
+from sous_core.db.engine import make_engine
 from support.scrape import scrape
 from support.stack import TERMINAL, Api, Origin, Stack, wait_for_job
 
@@ -91,3 +98,60 @@ def test_a_quota_refuses_exactly_the_jobs_past_it_and_no_other_tenants(
     assert sorted(job["id"] for job in listed) == sorted(
         response.json()["id"] for response in responses[:20] if response.status_code == 202
     )
+
+
+def test_two_batches_charging_the_same_tenants_in_opposite_orders_do_not_deadlock(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two API processes may write batches for the same tenants at once; each batch locks
+    # its tenants' usage rows. Here each batch pauses after its first charge until the
+    # other has made one too (or 2 s passed): in opposite orders that would deadlock.
+    engine = make_engine(stack.database_url())
+    with Session(engine) as session, session.begin():
+        tenants = [
+            apikeys.get_or_create_tenant(session, f"order-{name}-{secrets.token_hex(3)}")[0].id
+            for name in ("a", "b")
+        ]
+    day = datetime.now(UTC).date()
+    both_charged_once = threading.Barrier(2)
+    real_charge = quotas.apply_charge
+    first_charge_done = threading.local()
+
+    def charge_then_wait(session: Session, charge: quotas.Charge) -> int | None:
+        used = real_charge(session, charge)
+        if not getattr(first_charge_done, "value", False):
+            first_charge_done.value = True
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_charged_once.wait(timeout=2)
+        return used
+
+    monkeypatch.setattr(quotas, "apply_charge", charge_then_wait)
+    errors: list[BaseException] = []
+
+    def batch(order: list[uuid.UUID]) -> None:
+        pending = [
+            (submissions._new_job(now=datetime.now(UTC), tenant_id=tenant, kind="fetch",
+                                  params={"url": "https://example.com/"}, idempotency_key=None,
+                                  request_sha256="0" * 64, callback_url=None, schedule_id=None),
+             quotas.Charge(tenant, day, "jobs:fetch", 1))
+            for tenant in order
+        ]  # fmt: skip
+        try:
+            with Session(engine) as session:
+                assert submissions._create_and_charge_all(session, pending) == set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=batch, args=(order,)) for order in (tenants, tenants[::-1])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert errors == []
+        with Session(engine) as session:
+            for tenant in tenants:
+                usage = quotas.quotas_of(session, tenant, datetime.now(UTC))
+                assert [status.used for status in usage if status.metric == "jobs:fetch"] == [2]
+    finally:
+        engine.dispose()

@@ -338,7 +338,9 @@ def _create_and_charge_all(
     for _, charge in pending:
         sums[_group(charge)] = sums.get(_group(charge), 0) + charge.units
     refused = set()
-    for group, units in sums.items():
+    # Usage rows locked in one order (tenant, day, metric) by every API process, so two
+    # batches charging the same tenants cannot deadlock.
+    for group, units in sorted(sums.items(), key=lambda item: (str(item[0][0]), *item[0][1:3])):
         tenant_id, day, metric, enforce = group
         if (
             quotas.apply_charge(session, quotas.Charge(tenant_id, day, metric, units, enforce))
