@@ -41,6 +41,12 @@ def encoder_threads() -> int:
 def run_transcode(context: JobContext) -> dict[str, Any]:
     params = context.params_as(TranscodeParams)
     settings = get_settings()
+    if context.result and "output" in context.result:
+        # An earlier attempt finished the transcode and put its output in place, then
+        # died before its outcome was recorded: that output is the result (its upload
+        # may be gone already, and its minutes were charged).
+        _drop_upload(params, settings)
+        return context.result
     folder = storage.job_dir(settings.storage_dir, context.job_id)
     work = folder / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -67,6 +73,9 @@ def run_transcode(context: JobContext) -> dict[str, Any]:
         _observe_speed(preset, outcome.result)
         result = _put_in_place(outcome, folder, params)
         _charge_minutes(context, result)
+        # Recorded before the upload is dropped: a redelivery after this point returns it
+        # rather than failing for the missing input.
+        context.checkpoint(result)
     except (PermanentJobError, JobCancelled):
         _drop_upload(params, settings)
         raise
