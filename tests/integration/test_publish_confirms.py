@@ -38,14 +38,18 @@ def vhost_app() -> Iterator[Celery]:
         rabbitmqctl("delete_vhost", vhost)
 
 
-def _drain_task_ids(app: Celery, queue: str) -> list[str]:
-    ids = []
+def _drain_messages(app: Celery, queue: str) -> list[Any]:
+    messages = []
     with app.connection_for_write() as connection:
         channel = connection.channel()
         while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            ids.append(message.headers["id"])
+            messages.append(message)
         channel.close()
-    return ids
+    return messages
+
+
+def _drain_task_ids(app: Celery, queue: str) -> list[str]:
+    return [message.headers["id"] for message in _drain_messages(app, queue)]
 
 
 def test_every_job_of_a_large_batch_is_published_once_in_order(vhost_app: Celery) -> None:
@@ -64,16 +68,6 @@ def test_an_unreachable_broker_is_a_broker_unavailable_error() -> None:
 def test_no_jobs_publishes_nothing(vhost_app: Celery) -> None:
     publish_jobs(vhost_app, [])
     assert _drain_task_ids(vhost_app, FAST_QUEUE) == []
-
-
-def _drain_messages(app: Celery, queue: str) -> list[Any]:
-    messages = []
-    with app.connection_for_write() as connection:
-        channel = connection.channel()
-        while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            messages.append(message)
-        channel.close()
-    return messages
 
 
 @pytest.mark.parametrize("kind", ["fetch", "email", "transcode"])
