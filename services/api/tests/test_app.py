@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 
@@ -71,3 +76,33 @@ def test_a_non_bearer_authorization_header_is_401_in_the_error_shape(
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_no_route_dependency_runs_in_a_worker_thread(app_client: TestClient) -> None:
+    """FastAPI runs a plain ``def`` dependency in the thread pool: a thread hop on every
+    request, holding one of the tokens the database work waits for."""
+
+    def sync_dependencies(dependant: Dependant) -> list[str]:
+        found = []
+        for dependency in dependant.dependencies:
+            call = dependency.call
+            # A function, or an instance whose class defines __call__ (HTTPBearer).
+            target = call if inspect.isroutine(call) else type(call).__call__
+            if not inspect.iscoroutinefunction(target):
+                found.append(getattr(call, "__name__", repr(call)))
+            found += sync_dependencies(dependency)
+        return found
+
+    def api_routes(routes: list[Any]) -> list[APIRoute]:
+        found = []
+        for route in routes:
+            if isinstance(route, APIRoute):
+                found.append(route)
+            elif hasattr(route, "original_router"):  # an included router (FastAPI ≥ 0.16x)
+                found += api_routes(route.original_router.routes)
+        return found
+
+    routes = api_routes(app_client.app.routes)
+    assert any(route.path == "/v1/fetches" for route in routes)
+    offenders = {route.path: sync_dependencies(route.dependant) for route in routes}
+    assert {path: names for path, names in offenders.items() if names} == {}

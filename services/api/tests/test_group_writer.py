@@ -59,6 +59,70 @@ def test_items_arriving_while_a_batch_is_written_form_the_next() -> None:
     assert asyncio.run(run()).seen == [[1], [2, 3]]
 
 
+class Overlapping(Doubler):
+    """Counts how many batches it is writing at the same moment."""
+
+    def __init__(self, writers: int) -> None:
+        super().__init__()
+        self.writers = writers
+        self.active = 0
+        self.most_active = 0
+
+    async def write(self, items: list[int]) -> list[int | Exception]:
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            return await super().write(items)
+        finally:
+            self.active -= 1
+
+
+@pytest.mark.parametrize(
+    ("writers", "batches", "most_active"),
+    [(1, [[1], [2, 3, 4, 5]], 1), (2, [[1], [2, 3], [4, 5]], 2)],
+)
+def test_up_to_writers_batches_are_written_at_once(
+    writers: int, batches: list[list[int]], most_active: int
+) -> None:
+    async def run() -> tuple[Overlapping, list[int]]:
+        writer = Overlapping(writers)
+        first = asyncio.ensure_future(writer.put(1))
+        await asyncio.sleep(0.003)  # [1] is being written
+        second = [asyncio.ensure_future(writer.put(n)) for n in [2, 3]]
+        await asyncio.sleep(0.003)  # with a second writer, [2, 3] is being written too
+        results = await asyncio.gather(first, *second, writer.put(4), writer.put(5))
+        return writer, results
+
+    writer, results = asyncio.run(run())
+    assert results == [2, 4, 6, 8, 10]
+    assert writer.seen == batches
+    assert writer.most_active == most_active
+
+
+def test_an_item_put_just_as_the_writer_returns_is_still_written() -> None:
+    class Gated(GroupWriter[int, int]):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def write(self, items: list[int]) -> list[int | Exception]:
+            await self.gate.wait()
+            return [2 * n for n in items]
+
+    async def run() -> list[int]:
+        writer = Gated()
+        first = asyncio.ensure_future(writer.put(1))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the writer took [1] and waits at the gate
+        writer.gate.set()
+        # Runs in the same loop turn as the writer's last step: after the writer has
+        # returned, before the callback that forgets it.
+        second = asyncio.ensure_future(writer.put(2))
+        return await asyncio.wait_for(asyncio.gather(first, second), 1)
+
+    assert asyncio.run(run()) == [2, 4]
+
+
 def test_a_failed_write_fails_its_batch_only() -> None:
     async def run() -> list[int | BaseException]:
         writer = Doubler()

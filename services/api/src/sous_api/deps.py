@@ -107,7 +107,9 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, where it would
+    # cost a thread hop per request and take a token from the database threads.
     return request.app.state.celery
 
 

@@ -1,9 +1,10 @@
 """One writer for many concurrent requests: what arrives while a batch is written joins the next.
 
-Group commit: each request hands over its item and waits for its own outcome; a single
-writer task takes everything that is waiting, writes it in one go, answers each request,
-and goes on while more arrived meanwhile. A request that disconnects does not cancel the
-write of its item (the wait is shielded).
+Group commit: each request hands over its item and waits for its own outcome; a writer
+task takes everything that is waiting, writes it in one go, answers each request, and
+goes on while more arrived meanwhile. Up to ``writers`` batches are written at once, so
+one batch's round trips (a commit, a broker's confirms) overlap the next one's work. A
+request that disconnects does not cancel the write of its item (the wait is shielded).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ class GroupWriter(Generic[Item, Result]):
 
     #: Items written in one batch at most.
     max_batch = 500
+    #: Batches written at the same time at most.
+    writers = 1
 
     def __init__(self) -> None:
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writing: set[asyncio.Task[None]] = set()
         #: Batches written so far.
         self.batches = 0
 
@@ -32,8 +35,12 @@ class GroupWriter(Generic[Item, Result]):
         """Wait until ``item`` is written; its result, or the exception it failed with."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_batches())
+        # done(), not the set's size: a writer that just returned is removed by a callback
+        # that may not have run yet, and an item must never wait with no writer to take it.
+        if sum(not writer.done() for writer in self._writing) < self.writers:
+            writer = asyncio.create_task(self._write_batches())
+            self._writing.add(writer)
+            writer.add_done_callback(self._writing.discard)
         return await asyncio.shield(future)
 
     async def write(self, items: list[Item]) -> list[Result | Exception]:

@@ -1,8 +1,9 @@
 """Submitting concurrent requests' jobs together: one transaction, one confirm wait, one mark.
 
 Every request without an ``Idempotency-Key`` hands its job to the batcher and waits for
-its own outcome. One writer submits the jobs gathered while the previous batch was
-being written (``submissions.submit_many``): their rows and quota charges in one
+its own outcome. A writer submits the jobs gathered while the previous batch was
+being written (``submissions.submit_many``); two write at once, so one batch's commit
+and confirm wait overlap the next one's work. A batch: its rows and quota charges in one
 transaction, their messages on one channel with one wait for the broker's confirms,
 and one statement marking them ``queued``. A request still answers only once its job is
 committed, confirmed and marked, exactly as when it is submitted alone; a quota or a
@@ -33,15 +34,14 @@ class SubmissionBatcher(GroupWriter[Submission, JobResource]):
     """Submits the jobs of concurrent requests, one transaction and one confirm wait a batch."""
 
     max_batch = 200
+    writers = 2
 
     def __init__(self, celery: Celery) -> None:
         super().__init__()
         self._celery = celery
-        # Kept open between batches (connected on first use, reopened if the broker
-        # closed it); only the writer uses it, from one thread at a time.
-        self._connection: Connection = celery.connection_for_write(
-            transport_options={"confirm_publish": False}
-        )
+        # Broker connections kept open between batches (connected on first use, reopened
+        # if the broker closed one); a batch borrows one, so each is used by one thread.
+        self._idle_connections: list[Connection] = []
 
     async def submit(self, submission: Submission) -> JobResource:
         """The new job, ``queued``, once committed, confirmed and marked; raises
@@ -50,7 +50,11 @@ class SubmissionBatcher(GroupWriter[Submission, JobResource]):
 
     async def write(self, items: list[Submission]) -> list[JobResource | Exception]:
         metrics.API_SUBMISSION_BATCH_SIZE.observe(len(items))
-        return await run_db(_submit_all, self._celery, items, self._connection)
+        connection = self._borrow_connection()
+        try:
+            return await run_db(_submit_all, self._celery, items, connection)
+        finally:
+            self._idle_connections.append(connection)
 
     def after_batch(self, outcomes: list[JobResource | Exception]) -> None:
         if any(_broker_failed(outcome) for outcome in outcomes):
@@ -59,7 +63,14 @@ class SubmissionBatcher(GroupWriter[Submission, JobResource]):
             self.refuse_waiting(_refuse_unqueued)
 
     def close(self) -> None:
-        self._connection.release()
+        for connection in self._idle_connections:
+            connection.release()
+        self._idle_connections.clear()
+
+    def _borrow_connection(self) -> Connection:
+        if self._idle_connections:
+            return self._idle_connections.pop()
+        return self._celery.connection_for_write(transport_options={"confirm_publish": False})
 
 
 def _refuse_unqueued(submission: Submission) -> SubmissionRefused:
