@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -153,13 +154,28 @@ def baseline_stack(workdir: Path) -> Iterator[Baseline]:
 # --- enqueue ---------------------------------------------------------------------------
 
 
-def wrk(target: Target, body: dict[str, Any], connections: int, seconds: int) -> dict:
-    out = subprocess.run(
+def wrk(
+    target: Target,
+    body: dict[str, Any],
+    connections: int,
+    seconds: int,
+    until: Callable[[], bool] | None = None,
+) -> dict:
+    """``wrk`` for ``seconds``, or until ``until()`` (polled twice a second) is true:
+    then it is interrupted and prints its summary (requests in flight are dropped)."""
+    wrk_process = subprocess.Popen(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
          "-s", str(WRK_SCRIPT), f"{target.url}{target.path}"],
         env={**os.environ, "WRK_BODY": json.dumps(body), "WRK_AUTH": target.key},
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
-    ).stdout  # fmt: skip
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    if until is not None:
+        while wrk_process.poll() is None and not until():
+            time.sleep(0.5)
+        wrk_process.send_signal(signal.SIGINT)
+    out, _ = wrk_process.communicate(timeout=seconds + 60)
+    if wrk_process.returncode != 0:
+        raise RuntimeError(f"wrk exited with {wrk_process.returncode}:\n{out}")
     match = re.search(r"^WRK_JSON (.*)$", out, re.MULTILINE)
     if match is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
