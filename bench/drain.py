@@ -11,7 +11,7 @@ serves reads while the queue drains.
 
 "Flat" is judged from the samples: each process's RSS once the drain has warmed up
 (a tenth of the jobs finished) against its RSS at the end and its peak. Reported per
-process: RSS at warm-up, at the end, the peak, and end − warm-up in MiB. A leak of even
+process: RSS at warm-up, at the end, the peak, and end minus warm-up in MiB. A leak of even
 one kilobyte per job would show as about 100 MiB over 100,000 jobs. With ``--plot`` the
 samples are drawn to a PNG.
 """
