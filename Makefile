@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit chaos check fmt services tools bench bench-quick up down dev
+.PHONY: help install run test test-unit chaos check fmt services tools bench bench-quick bench-drain up down dev
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,7 @@ chaos: install tools ## Fault suite (minutes): kill, freeze and restart under lo
 bench: install services tools ## Run the benchmarks (minutes); results in bench/README.md and results.json
 	@$(UV) run --frozen python bench/vs_baseline.py
 	@$(UV) run --frozen python bench/scale.py
+	@$(UV) run --frozen python bench/drain.py --jobs 20000
 	@$(UV) run --frozen python bench/isolation.py
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 5 --emails 500
 	@$(UV) run --frozen python bench/transcodes.py
@@ -45,9 +46,13 @@ bench: install services tools ## Run the benchmarks (minutes); results in bench/
 bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/vs_baseline.py --runs 1 --seconds 3 --jobs 500 --no-save
 	@$(UV) run --frozen python bench/scale.py --rows 100000 --requests 30 --no-save
+	@$(UV) run --frozen python bench/drain.py --jobs 2000 --no-save
 	@$(UV) run --frozen python bench/isolation.py --emails 20 --gets 50 --transcodes 6 --clip-seconds 2 --no-save
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
 	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --runs 1 --no-save
+
+bench-drain: install services tools ## Queue 100,000 jobs, drain them, report memory (about 10 minutes)
+	@$(UV) run --frozen python bench/drain.py --jobs 100000 --plot bench/drain.png
 
 up: ## Run the whole stack in Docker (compose.yaml): API on :8000, Grafana on :3000
 	@docker compose up --build --detach

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -40,6 +41,11 @@ pytestmark = pytest.mark.integration
 
 def metrics_env(stack: Stack, port: int, **extra: str) -> dict[str, str]:
     return {**stack.env, "SOUS_METRICS_PORT": str(port), **extra}
+
+
+def frozen_counts(log: str) -> list[int]:
+    """How many start-up objects each process of a log froze (``sous_core.heap``)."""
+    return [int(n) for n in re.findall(r"moved (\d+) start-up objects", log)]
 
 
 def pool_children(pid: int) -> list[int]:
@@ -89,6 +95,11 @@ def test_a_prefork_worker_counts_every_task_of_every_child_even_a_killed_one(
         finally:
             app.close()
         assert not second_pids & first_pids, "new children ran the second round"
+        # The main process and every child, the replacements too, froze their start-up
+        # objects out of the garbage collector's way.
+        frozen = frozen_counts(worker.log())
+        assert len(frozen) >= 5, frozen
+        assert min(frozen) > 10_000, frozen
 
         samples = scrape(f"{url}/metrics")
         ping = {"name": HEAVY_PING_TASK, "queue_name": "heavy"}
@@ -129,6 +140,9 @@ def test_counters_and_histograms_say_how_many_jobs_ran_and_prometheus_scrapes_th
     observed: tuple[Stack, dict[str, str]], origin: Origin, tmp_path: Path
 ) -> None:
     stack, targets = observed
+    for proc in stack.processes:
+        if proc.label.startswith(("api-", "worker-fast")):
+            assert len(frozen_counts(proc.log())) == 1, f"{proc.label} froze no start-up objects"
     succeeded, failed = 12, 3
     api_url = f"http://{targets['api']}"
     with httpx.Client(

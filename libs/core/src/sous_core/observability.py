@@ -3,7 +3,9 @@
 Each service's Celery module calls one function here at import time; it connects the
 Celery signals that set everything up at the right moment of the process's life:
 logging when Celery configures it, the metrics server in the main process once it
-starts, tracing in the process that runs tasks (every pool child of a prefork worker).
+starts, tracing in the process that runs tasks (every pool child of a prefork worker),
+and once a process is ready its start-up objects are frozen out of the garbage
+collector's way (``heap``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 from prometheus_client.registry import Collector
 
-from sous_core import celery_metrics, telemetry
+from sous_core import celery_metrics, heap, telemetry
 from sous_core.logs import configure_logging
 from sous_core.metrics_server import MetricsServer, start_metrics_server
 from sous_core.settings import get_settings
@@ -61,6 +64,10 @@ def observe_worker(service: str, *, prefork: bool) -> None:
         if not prefork:
             _start_tracing(service)
 
+    @worker_ready.connect(weak=False)
+    def _main_process_ready(**_kwargs: Any) -> None:
+        heap.freeze_startup_objects()
+
     @worker_shutdown.connect(weak=False)
     def _main_process_stopping(**_kwargs: Any) -> None:
         telemetry.shutdown_tracing()
@@ -70,6 +77,7 @@ def observe_worker(service: str, *, prefork: bool) -> None:
         @worker_process_init.connect(weak=False)
         def _child_started(**_kwargs: Any) -> None:
             _start_tracing(service)
+            heap.freeze_startup_objects()
 
         @worker_process_shutdown.connect(weak=False)
         def _child_stopping(**_kwargs: Any) -> None:

@@ -20,7 +20,7 @@ from sous_api.request_metrics import RequestMetrics
 from sous_api.routes import emails, events, fetches, health, jobs, schedules, transcodes
 from sous_api.security_headers import SecurityHeaders
 from sous_api.submission_batches import SubmissionBatcher
-from sous_core import telemetry
+from sous_core import heap, telemetry
 from sous_core.celery_app import create_celery_app
 from sous_core.celery_metrics import install_publisher_metrics
 from sous_core.logs import configure_logging
@@ -42,6 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.submission_batcher = SubmissionBatcher(app.state.celery)
     # One request thread per database connection: more threads would only queue on the pool.
     to_thread.current_default_thread_limiter().total_tokens = settings.database_pool_size
+    heap.freeze_startup_objects()
     yield
     app.state.submission_batcher.close()
     app.state.celery.pool.force_close_all()
