@@ -47,7 +47,7 @@ bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/vs_baseline.py --runs 1 --seconds 3 --jobs 500 --no-save
 	@$(UV) run --frozen python bench/scale.py --rows 100000 --requests 30 --no-save
 	@$(UV) run --frozen python bench/drain.py --jobs 2000 --no-save
-	@$(UV) run --frozen python bench/isolation.py --emails 20 --gets 50 --transcodes 6 --clip-seconds 2 --no-save
+	@$(UV) run --frozen python bench/isolation.py --emails 20 --gets 50 --transcodes 6 --clip-seconds 2 --runs 1 --no-save
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
 	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --runs 1 --no-save
 
