@@ -13,12 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from sous_core import apikeys, quotas, submissions
+from sous_core.celery_app import create_celery_app
 from sous_core.db.engine import make_engine
+from sous_core.settings import Settings
 from support.scrape import scrape
-from support.stack import TERMINAL, Api, Origin, Stack, wait_for_job
+from support.stack import TERMINAL, Api, Origin, Stack, wait_for_job, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -154,4 +157,107 @@ def test_two_batches_charging_the_same_tenants_in_opposite_orders_do_not_deadloc
                 usage = quotas.quotas_of(session, tenant, datetime.now(UTC))
                 assert [status.used for status in usage if status.metric == "jobs:fetch"] == [2]
     finally:
+        engine.dispose()
+
+
+def test_idempotency_keys_in_batches_make_one_job_per_key_and_replay_the_rest(
+    api: Api, origin: Origin, tenant_key: str
+) -> None:
+    batches_before, jobs_before = batch_counts(api)
+    keys = [f"batch-key-{secrets.token_hex(4)}" for _ in range(24)]
+    body = {"url": f"{origin.url}/ok"}
+    # Every key once, a third of them twice more (a client's retries racing the original),
+    # and one key again with another body, all at once.
+    requests = [(key, body) for key in keys] + [(key, body) for key in keys[:8] for _ in range(2)]
+    conflicting = (keys[-1], {"url": f"{origin.url}/ok?other"})
+    requests.append(conflicting)
+
+    def post(request: tuple[str, dict[str, Any]]) -> httpx.Response:
+        key, json_body = request
+        with api.client(tenant_key) as client:
+            return client.post("/v1/fetches", json=json_body, headers={"Idempotency-Key": key})
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        responses = list(pool.map(post, requests))
+
+    by_key: dict[str, list[httpx.Response]] = {}
+    for (key, _), response in zip(requests, responses, strict=True):
+        by_key.setdefault(key, []).append(response)
+    for key in keys[:-1]:
+        answers = by_key[key]
+        assert [response.status_code for response in answers] == [202] * len(answers)
+        assert len({response.json()["id"] for response in answers}) == 1, key
+        replayed = [response.headers.get("Idempotent-Replayed") for response in answers]
+        assert sorted(replayed, key=str) == sorted([None] + ["true"] * (len(answers) - 1), key=str)
+    # The key used with two bodies: whichever came first made the job, the other is refused.
+    statuses = sorted(response.status_code for response in by_key[keys[-1]])
+    assert statuses == [202, 422]
+    refused = next(r for r in by_key[keys[-1]] if r.status_code == 422)
+    assert refused.json()["error"]["code"] == "idempotency_key_reused"
+    accepted = {response.json()["id"] for response in responses if response.status_code == 202}
+    assert len(accepted) == len(keys)  # one job per key
+    batches_after, jobs_after = batch_counts(api)
+    assert jobs_after - jobs_before == len(requests)  # every keyed request went to a batch
+    assert batches_after - batches_before < len(requests)  # and some shared one
+
+
+def test_a_key_committed_while_a_batch_waits_to_insert_it_is_answered_as_a_replay(
+    stack: Stack,
+) -> None:
+    # Another API process holds the new key in an uncommitted INSERT: the batch looked the
+    # key up (not there yet), its INSERT waits on the unique index, and once the other
+    # commits it fails; the batch then submits that request on its own, which replays.
+    engine = make_engine(stack.database_url())
+    settings = Settings(
+        broker_url=stack.env["SOUS_BROKER_URL"], result_backend=stack.env["SOUS_RESULT_BACKEND"]
+    )
+    celery = create_celery_app("test-batch-race", settings, publisher_confirms=True)
+    with Session(engine) as session, session.begin():
+        tenant = apikeys.get_or_create_tenant(session, f"race-{secrets.token_hex(3)}")[0].id
+    key, params = f"race-{secrets.token_hex(4)}", {"url": "https://example.com/"}
+    fingerprint = submissions.request_fingerprint("fetch", params, None)
+    other = Session(engine)
+    holder = submissions._new_job(
+        now=datetime.now(UTC), tenant_id=tenant, kind="fetch", params=params,
+        idempotency_key=key, request_sha256=fingerprint, callback_url=None, schedule_id=None,
+    )  # fmt: skip
+    other.add(holder)
+    other.flush()  # the row and its key are written, not committed
+    outcomes: list[Any] = []
+
+    def batch() -> None:
+        with Session(engine) as session:
+            request = submissions.Submission(tenant, "fetch", params, idempotency_key=key)
+            outcomes.extend(submissions.submit_many(session, celery, [request]))
+
+    thread = threading.Thread(target=batch)
+    try:
+        thread.start()
+        with engine.connect() as probe:
+            wait_until(
+                lambda: (
+                    probe.execute(
+                        text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                    ).scalar_one()
+                    > 0
+                ),
+                10,
+                "the batch's INSERT to wait on the key",
+            )
+        other.commit()
+        thread.join(30)
+        [outcome] = outcomes
+        assert not isinstance(outcome, Exception), outcome
+        job, replayed = outcome
+        assert (job.id, replayed) == (holder.id, True)
+        with Session(engine) as session:
+            assert (
+                session.scalar(
+                    text("SELECT count(*) FROM jobs WHERE idempotency_key = :key"), {"key": key}
+                )
+                == 1
+            )
+    finally:
+        other.close()
+        celery.close()
         engine.dispose()

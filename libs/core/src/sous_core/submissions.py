@@ -253,16 +253,17 @@ def submit_job(
 
 @dataclass(frozen=True)
 class Submission:
-    """One job asked for without an ``Idempotency-Key``, to be submitted in a batch."""
+    """One job asked for, to be submitted in a batch (``idempotency_key`` checked already)."""
 
     tenant_id: uuid.UUID
     kind: str
     params: dict[str, Any]
     callback_url: str | None = None
+    idempotency_key: str | None = None
 
 
-#: What :func:`submit_many` gives back for each submission: its queued job, or why not.
-Outcome = Job | SubmissionRefused
+#: What :func:`submit_many` gives back for each submission: ``(job, replayed)``, or why not.
+Outcome = tuple[Job, bool] | SubmissionRefused
 
 
 def submit_many(
@@ -271,22 +272,51 @@ def submit_many(
     requests: Sequence[Submission],
     connection: Connection | None = None,
 ) -> list[Outcome]:
-    """Submit many jobs at once: one transaction, one wait for the broker's confirms, one mark.
+    r"""Submit many jobs at once: one transaction, one wait for the broker's confirms, one mark.
 
     The group commit of :func:`submit_job` for concurrent requests: every row and quota
     charge is written in one transaction (one charge per tenant and metric, for the sum
     of its jobs), every message published on one channel and confirmed together, and
     every job marked ``queued`` in one statement. Each outcome is what :func:`submit_job`
-    would have given that request: the job (``queued``, or as a worker already moved
-    it), or the :class:`SubmissionRefused` to answer with. When a quota refuses a
-    tenant's combined charge, that tenant's jobs are submitted one by one, so exactly
-    those past the limit are refused. ``connection`` is the broker connection to
-    publish on (without ``confirm_publish``; the caller owns it); by default a new one.
+    would have given that request: ``(job, replayed)`` (a new job ``queued``, or as a
+    worker already moved it; a replay as it is), or the :class:`SubmissionRefused` to
+    answer with. When a quota refuses a tenant's combined charge, that tenant's jobs are
+    submitted one by one, so exactly those past the limit are refused.
+
+    ``Idempotency-Key``\ s: keys already used are answered as replays (one query for the
+    batch). A key that comes twice in one batch, or that another request commits while
+    this batch is written (the INSERT then violates the key's unique index), sends those
+    requests down :func:`submit_job` one by one after the batch, which settles the race
+    exactly as for single requests. Rows are inserted in (tenant, key) order, so two
+    batches holding the same new keys wait for each other in one order, never in a cycle.
+
+    ``connection`` is the broker connection to publish on (without ``confirm_publish``;
+    the caller owns it); by default a new one.
     """
     outcomes: list[Outcome | None] = [None] * len(requests)
     now = utcnow()
     pending: dict[int, tuple[Job, quotas.Charge]] = {}
+    used = _find_by_keys(
+        session,
+        {(r.tenant_id, r.idempotency_key) for r in requests if r.idempotency_key is not None},
+    )
+    first_with_key: set[tuple[uuid.UUID, str]] = set()
+    one_by_one: list[int] = []
     for index, request in enumerate(requests):
+        fingerprint = request_fingerprint(request.kind, request.params, request.callback_url)
+        key = request.idempotency_key
+        if key is not None:
+            earlier = used.get((request.tenant_id, key))
+            if earlier is not None:
+                try:
+                    outcomes[index] = (_replay(earlier, fingerprint), True)
+                except SubmissionRefused as exc:
+                    outcomes[index] = exc
+                continue
+            if (request.tenant_id, key) in first_with_key:
+                one_by_one.append(index)  # after the first has been submitted
+                continue
+            first_with_key.add((request.tenant_id, key))
         try:
             charge = quotas.prepare_charge(
                 session, request.tenant_id, request.kind, request.params, now
@@ -300,15 +330,27 @@ def submit_many(
             tenant_id=request.tenant_id,
             kind=request.kind,
             params=request.params,
-            idempotency_key=None,
-            request_sha256=request_fingerprint(request.kind, request.params, request.callback_url),
+            idempotency_key=key,
+            request_sha256=fingerprint,
             callback_url=request.callback_url,
             schedule_id=None,
         )
         pending[index] = (job, charge)
     session.rollback()  # prepare_charge may have read: start the writing transaction afresh
     while pending:
-        refused = _create_and_charge_all(session, list(pending.values()))
+        try:
+            refused = _create_and_charge_all(session, list(pending.values()))
+        except IntegrityError:
+            # A request with one of these keys was committed meanwhile (another batch or
+            # API process): the keyed requests go one by one, the rest are written again.
+            session.rollback()
+            keyed = [i for i, (job, _) in pending.items() if job.idempotency_key is not None]
+            if not keyed:
+                raise
+            for index in keyed:
+                del pending[index]
+            one_by_one += keyed
+            continue
         if not refused:
             break
         # Those tenants' jobs one at a time (each refused or not on its own); the rest again.
@@ -318,8 +360,26 @@ def submit_many(
     if pending:
         for index, outcome in _publish_and_mark(session, celery, pending, connection).items():
             outcomes[index] = outcome
+    for index in sorted(one_by_one):
+        outcomes[index] = _submit_one(session, celery, requests[index])
     assert all(outcome is not None for outcome in outcomes)
     return cast(list[Outcome], outcomes)
+
+
+def _find_by_keys(
+    session: Session, pairs: set[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], Job]:
+    """The jobs already holding these (tenant, key) pairs."""
+    if not pairs:
+        return {}
+    found = session.execute(
+        select(Job).where(
+            Job.tenant_id.in_({tenant for tenant, _ in pairs}),
+            Job.idempotency_key.in_({key for _, key in pairs}),
+        )
+    ).scalars()
+    by_pair = {(job.tenant_id, cast(str, job.idempotency_key)): job for job in found}
+    return {pair: job for pair, job in by_pair.items() if pair in pairs}
 
 
 def _group(charge: quotas.Charge) -> tuple[uuid.UUID, date, str, bool]:
@@ -330,9 +390,11 @@ def _create_and_charge_all(
     session: Session, pending: list[tuple[Job, quotas.Charge]]
 ) -> set[tuple[uuid.UUID, date, str, bool]]:
     """Insert every row and charge each tenant's sum; commit, or roll back and return the
-    charge groups a quota refused."""
+    charge groups a quota refused. Raises IntegrityError if a key was taken meanwhile."""
+    # Rows in (tenant, key) order: see submit_many on waiting for the same new keys.
+    rows = sorted((job for job, _ in pending), key=_key_order)
     session.connection().execute(
-        _INSERT_JOB, [{key: getattr(job, key) for key in _JOB_COLUMNS} for job, _ in pending]
+        _INSERT_JOB, [{key: getattr(job, key) for key in _JOB_COLUMNS} for job in rows]
     )
     sums: dict[tuple[uuid.UUID, date, str, bool], int] = {}
     for _, charge in pending:
@@ -354,15 +416,18 @@ def _create_and_charge_all(
     return refused
 
 
+def _key_order(job: Job) -> tuple[str, str]:
+    return (str(job.tenant_id), job.idempotency_key or "")
+
+
 def _submit_one(session: Session, celery: Celery, request: Submission) -> Outcome:
     try:
-        job, _ = submit_job(
+        return submit_job(
             session, celery, request.tenant_id, request.kind, request.params,
-            callback_url=request.callback_url,
+            idempotency_key=request.idempotency_key, callback_url=request.callback_url,
         )  # fmt: skip
     except SubmissionRefused as exc:
         return exc
-    return job
 
 
 def _publish_and_mark(
@@ -384,9 +449,9 @@ def _publish_and_mark(
         if job.id in marked:
             job.state = JobState.QUEUED.value
             job.queued_at = job.updated_at = at
-            outcomes[index] = job
+            outcomes[index] = (job, False)
         else:  # a worker already picked it up: report it as it is now
-            outcomes[index] = jobs.get_job(session, job.id)
+            outcomes[index] = (jobs.get_job(session, job.id), False)
     return outcomes
 
 

@@ -8,7 +8,6 @@ from celery import Celery
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from sous_api.deps import run_db
 from sous_api.errors import ApiError
 from sous_api.schemas import JobResource
 from sous_api.submission_batches import SubmissionBatcher
@@ -18,7 +17,6 @@ from sous_core.apikeys import Principal
 
 async def submit(
     request: Request,
-    celery: Celery,
     principal: Principal,
     kind: str,
     params: dict[str, Any],
@@ -27,18 +25,17 @@ async def submit(
 ) -> tuple[JobResource, bool]:
     """Create and enqueue the principal's job; ``(job, replayed)`` or raises ApiError.
 
-    Without an ``Idempotency-Key`` the job is submitted in a batch with other requests'
-    (``SubmissionBatcher``) and comes back ``queued``; with one, on its own, and the
-    caller marks it queued (``job_accepted``).
+    The job is submitted in a batch with other requests' (``SubmissionBatcher``) and
+    comes back ``queued`` (a replay of an ``Idempotency-Key`` comes back as it is).
     """
-    if idempotency_key is None:
-        batcher: SubmissionBatcher = request.app.state.submission_batcher
-        submission = submissions.Submission(principal.tenant_id, kind, params, callback_url)
-        try:
-            return await batcher.submit(submission), False
-        except submissions.SubmissionRefused as exc:
-            raise refusal_error(exc) from exc
-    return await run_db(submit_job, celery, principal, kind, params, idempotency_key, callback_url)
+    batcher: SubmissionBatcher = request.app.state.submission_batcher
+    try:
+        key = submissions.check_idempotency_key(idempotency_key)
+        submission = submissions.Submission(principal.tenant_id, kind, params, callback_url, key)
+        job, replayed = await batcher.submit(submission)
+    except submissions.SubmissionRefused as exc:
+        raise refusal_error(exc) from exc
+    return job, replayed
 
 
 def submit_job(
@@ -50,7 +47,8 @@ def submit_job(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
 ) -> tuple[JobResource, bool]:
-    """Create and enqueue the principal's job; returns ``(job, replayed)`` or raises ApiError."""
+    """Create and enqueue the principal's job on its own (uploads: the route settles its
+    file with the outcome); returns ``(job, replayed)`` or raises ApiError."""
     try:
         job, replayed = submissions.submit_job(
             session,

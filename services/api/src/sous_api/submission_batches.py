@@ -1,7 +1,7 @@
 """Submitting concurrent requests' jobs together: one transaction, one confirm wait, one mark.
 
-Every request without an ``Idempotency-Key`` hands its job to the batcher and waits for
-its own outcome. A writer submits the jobs gathered while the previous batch was
+Every submission (but an upload's) hands its job to the batcher and waits for its own
+outcome. A writer submits the jobs gathered while the previous batch was
 being written (``submissions.submit_many``); two write at once, so one batch's commit
 and confirm wait overlap the next one's work. A batch: its rows and quota charges in one
 transaction, their messages on one channel with one wait for the broker's confirms,
@@ -11,7 +11,8 @@ broker failure refuses each request the way it would have alone. When the broker
 a batch, the requests that waited behind it are refused at once (nothing of theirs was
 written), so that during an outage every request gets its 503 within one publish timeout.
 
-Requests with an ``Idempotency-Key`` take the single path, which settles key races.
+An ``Idempotency-Key`` already used is answered as a replay; races on a new key are
+settled as for a single request (``submissions.submit_many``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from sous_api.deps import run_db
 from sous_api.group_writer import GroupWriter
 from sous_api.schemas import JobResource
 from sous_core import metrics
-from sous_core.db.models import Job
 from sous_core.submissions import Submission, SubmissionRefused, broker_refusal, submit_many
 
+#: A submission's answer: the job, and whether it replays an earlier request's.
+Accepted = tuple[JobResource, bool]
 
-class SubmissionBatcher(GroupWriter[Submission, JobResource]):
+
+class SubmissionBatcher(GroupWriter[Submission, Accepted]):
     """Submits the jobs of concurrent requests, one transaction and one confirm wait a batch."""
 
     max_batch = 200
@@ -43,12 +46,12 @@ class SubmissionBatcher(GroupWriter[Submission, JobResource]):
         # if the broker closed one); a batch borrows one, so each is used by one thread.
         self._idle_connections: list[Connection] = []
 
-    async def submit(self, submission: Submission) -> JobResource:
-        """The new job, ``queued``, once committed, confirmed and marked; raises
-        :class:`SubmissionRefused` if it was not accepted."""
+    async def submit(self, submission: Submission) -> Accepted:
+        """``(job, replayed)``: a new job ``queued``, once committed, confirmed and marked,
+        or a replay; raises :class:`SubmissionRefused` if it was not accepted."""
         return await self.put(submission)
 
-    async def write(self, items: list[Submission]) -> list[JobResource | Exception]:
+    async def write(self, items: list[Submission]) -> list[Accepted | Exception]:
         metrics.API_SUBMISSION_BATCH_SIZE.observe(len(items))
         connection = self._borrow_connection()
         try:
@@ -56,7 +59,7 @@ class SubmissionBatcher(GroupWriter[Submission, JobResource]):
         finally:
             self._idle_connections.append(connection)
 
-    def after_batch(self, outcomes: list[JobResource | Exception]) -> None:
+    def after_batch(self, outcomes: list[Accepted | Exception]) -> None:
         if any(_broker_failed(outcome) for outcome in outcomes):
             # Refused at once (nothing of theirs was written) rather than each waiting
             # out another publish timeout.
@@ -80,12 +83,14 @@ def _refuse_unqueued(submission: Submission) -> SubmissionRefused:
 
 def _submit_all(
     session: Session, celery: Celery, submissions: Sequence[Submission], connection: Connection
-) -> list[JobResource | Exception]:
+) -> list[Accepted | Exception]:
     return [
-        JobResource.from_job(outcome) if isinstance(outcome, Job) else outcome
+        outcome
+        if isinstance(outcome, Exception)
+        else (JobResource.from_job(outcome[0]), outcome[1])
         for outcome in submit_many(session, celery, submissions, connection)
     ]
 
 
-def _broker_failed(outcome: JobResource | Exception) -> bool:
+def _broker_failed(outcome: Accepted | Exception) -> bool:
     return isinstance(outcome, SubmissionRefused) and outcome.code == "broker_unavailable"

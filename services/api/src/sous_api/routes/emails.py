@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response, status
 
-from sous_api.deps import CeleryDep, PrincipalDep
+from sous_api.deps import PrincipalDep
 from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, error_responses
 from sous_api.routes.jobs import job_accepted
 from sous_api.schemas import JobResource
@@ -28,7 +28,6 @@ async def submit_email(
     request: Request,
     response: Response,
     principal: PrincipalDep,
-    celery: CeleryDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JobResource:
     """Queue an email; it is sent over SMTP at most once, retried while the server is down.
@@ -41,7 +40,6 @@ async def submit_email(
         raise refusal_error(exc) from exc
     job, replayed = await submit(
         request,
-        celery,
         principal,
         job_request.kind,
         job_request.params,

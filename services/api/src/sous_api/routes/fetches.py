@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response, status
 
-from sous_api.deps import CeleryDep, PrincipalDep
+from sous_api.deps import PrincipalDep
 from sous_api.errors import AUTHENTICATED_ROUTE_ERRORS, error_responses
 from sous_api.routes.jobs import job_accepted
 from sous_api.schemas import JobResource
@@ -27,7 +27,6 @@ async def submit_fetch(
     request: Request,
     response: Response,
     principal: PrincipalDep,
-    celery: CeleryDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JobResource:
     """Queue a fetch of ``url`` (or a batch of ``urls``); follow it at ``Location``.
@@ -38,7 +37,6 @@ async def submit_fetch(
     job_request = body.submission()
     job, replayed = await submit(
         request,
-        celery,
         principal,
         job_request.kind,
         job_request.params,
