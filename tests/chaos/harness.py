@@ -85,6 +85,10 @@ class Submission:
     error: str = ""
     #: Transcodes: the clip's duration in seconds, to check the output against.
     seconds: float = 0.0
+    #: Sent again with the same Idempotency-Key after a 503 or no answer.
+    retried: bool = False
+    #: Answered ``Idempotent-Replayed: true`` (the first attempt had made the job).
+    replayed: bool = False
 
 
 @dataclass
@@ -248,9 +252,22 @@ class Load:
     def submit_one(self, client: httpx.Client) -> Submission:
         n, kind, seconds = self._next()
         submission = Submission(kind, None, time.monotonic())
+        # Every third email carries an Idempotency-Key and, like a careful client, is sent
+        # once more with it after a 503 or a lost answer: it must never make two jobs.
+        key = f"chaos-{n}" if kind == "email" and n % 3 == 0 else None
         try:
-            response = self._post(client, n, kind, seconds)
+            try:
+                response = self._post(client, n, kind, seconds, key)
+            except httpx.HTTPError:
+                if key is None:
+                    raise
+                response = None
+            if key is not None and (response is None or response.status_code == 503):
+                submission.retried = True
+                self._stop.wait(0.5)
+                response = self._post(client, n, kind, seconds, key)
             submission.status = response.status_code
+            submission.replayed = response.headers.get("Idempotent-Replayed") == "true"
             body = (
                 response.json()
                 if response.headers.get("content-type", "").startswith("application/json")
@@ -267,12 +284,16 @@ class Load:
             self.submissions.append(submission)
         return submission
 
-    def _post(self, client: httpx.Client, n: int, kind: str, seconds: float) -> httpx.Response:
+    def _post(
+        self, client: httpx.Client, n: int, kind: str, seconds: float, key: str | None = None
+    ) -> httpx.Response:
         if kind == "email":
             # One in four waits on a slow SMTP server (3 s), so faults land mid-send.
             to = f"slow-{n}@example.com" if n % 4 == 0 else f"user-{n}@example.com"
             return client.post(
-                "/v1/emails", json={"to": [to], "subject": f"chaos {n}", "text": "hello"}
+                "/v1/emails",
+                json={"to": [to], "subject": f"chaos {n}", "text": "hello"},
+                headers={"Idempotency-Key": key} if key else None,
             )
         if kind == "fetch_batch":
             base = self.origin.url
@@ -671,6 +692,8 @@ class Chaos:
             "accepted (202)": len(accepted),
             "refused (503)": sum(refused.values()),
             "other answers": dict(other),
+            "retried with the same key": sum(s.retried for s in submissions),
+            "answered as replays": sum(s.replayed for s in submissions),
             "by kind": dict(collections.Counter(s.kind for s in accepted.values())),
             "succeeded": sum(1 for j in accepted if j in jobs and jobs[j][2] == "succeeded"),
             "failed": dict(failed_by_code),
