@@ -226,6 +226,9 @@ class Terminal:
 
         def become_terminal_owner() -> None:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            # As a shell starts a foreground command: Ctrl-C interrupts it even when the
+            # tests themselves were started with SIGINT ignored (a background job).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.process = subprocess.Popen(
             [str(BIN / "sous-client"), *args],
