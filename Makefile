@@ -38,7 +38,7 @@ chaos: install tools ## Fault suite (minutes): kill, freeze and restart under lo
 bench: install services tools ## Run the benchmarks (minutes); results in bench/README.md and results.json
 	@$(UV) run --frozen python bench/vs_baseline.py
 	@$(UV) run --frozen python bench/scale.py
-	@$(UV) run --frozen python bench/drain.py --jobs 20000
+	@$(UV) run --frozen python bench/drain.py --jobs 10000
 	@$(UV) run --frozen python bench/isolation.py
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 5 --emails 500
 	@$(UV) run --frozen python bench/transcodes.py

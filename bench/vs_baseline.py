@@ -6,10 +6,10 @@
   it answers 202; the baseline's ``.delay()`` does neither. Reported: req/s (median of
   runs) and p50/p95/p99 latency (median of runs).
 * end to end: N fetch jobs of a local fast HTTP origin, submitted at C concurrent
-  connections by an async client while the workers run; timed from the first submit
-  until every job has finished. Workers get the same cores: Sous two gevent fast-worker
-  processes, the baseline one prefork worker with its default concurrency (one process
-  per core).
+  keep-alive connections (``submitter.py``, a minimal client that is not the ceiling)
+  while the workers run; timed from the first submit until every job has finished.
+  Workers get the same cores: Sous two gevent fast-worker processes, the baseline one
+  prefork worker with its default concurrency (one process per core).
 
 Each side gets a fresh RabbitMQ vhost, Redis DB (and for Sous a database) per benchmark.
 """
@@ -38,12 +38,14 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+import uvloop
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "scripts"), str(BENCH)]
 
 from results import machine, now, report  # noqa: E402
+from submitter import post_all  # noqa: E402
 
 from support.stack import (  # noqa: E402
     BIN,
@@ -53,6 +55,7 @@ from support.stack import (  # noqa: E402
     free_port,
     make_stack,
     rabbitmqctl,
+    stop_all,
     wait_until,
 )
 
@@ -144,8 +147,7 @@ def baseline_stack(workdir: Path) -> Iterator[Baseline]:
     try:
         yield baseline
     finally:
-        for proc in baseline.processes:
-            proc.stop()
+        stop_all(baseline.processes)
         rabbitmqctl("delete_vhost", vhost)
         client.flushdb()
         client.close()
@@ -228,51 +230,16 @@ def _summarise(results: list[dict]) -> dict[str, Any]:
 # --- end to end ------------------------------------------------------------------------
 
 
-async def submit_all(target: Target, bodies: list[dict], connections: int) -> int:
-    """POST every body; returns how many requests were retried after a transport error.
-
-    A retried Sous submission carries the same Idempotency-Key, so it never makes a second
-    job; the baseline has no such key (a retry there could queue a task twice).
-    """
-    headers = {"Authorization": f"Bearer {target.key}"} if target.key else {}
-    # Idle connections expire on the client before uvicorn's 5 s keep-alive closes them.
-    limits = httpx.Limits(max_connections=connections, keepalive_expiry=2)
-    retried = 0
-    queue: asyncio.Queue[dict] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-    async with httpx.AsyncClient(
-        base_url=target.url, headers=headers, limits=limits, timeout=30
-    ) as client:
-
-        async def post(body: dict) -> httpx.Response:
-            nonlocal retried
-            key = {"Idempotency-Key": secrets.token_hex(16)}
-            for attempt in range(3):
-                try:
-                    return await client.post(target.path, json=body, headers=key)
-                except httpx.TransportError:
-                    if attempt == 2:
-                        raise
-                    retried += 1
-            raise AssertionError("unreachable")
-
-        async def sender() -> None:
-            while not queue.empty():
-                response = await post(queue.get_nowait())
-                if response.status_code != 202:
-                    raise RuntimeError(f"{target.name}: {response.status_code} {response.text}")
-
-        await asyncio.gather(*(sender() for _ in range(connections)))
-    return retried
-
-
 def drain(target: Target, bodies: list[dict], connections: int, finished: Callable[[], int]):
+    """Submit every body (``submitter.post_all``), then wait until every job has finished."""
+    headers = {"Authorization": f"Bearer {target.key}"} if target.key else {}
     started = time.perf_counter()
-    retried = asyncio.run(submit_all(target, bodies, connections))
-    submitted = time.perf_counter() - started
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sent = runner.run(post_all(target.url, target.path, bodies, connections, headers))
+    if sent.statuses[202] != len(bodies):
+        raise RuntimeError(f"{target.name}: not every job was accepted: {sent}")
     wait_until(lambda: finished() >= len(bodies), 600, f"{target.name}: every job", 0.1)
-    return submitted, time.perf_counter() - started, retried
+    return sent.seconds, time.perf_counter() - started, sent.retried
 
 
 def sous_finished(stack: Stack) -> Callable[[], int]:

@@ -170,14 +170,28 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(10)
 
-    def stop(self, timeout: float = 20) -> None:
+    def terminate(self) -> None:
+        """Ask the process group to stop (SIGTERM) without waiting for it."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            self.terminate()
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def stop_all(processes: list[Proc]) -> None:
+    """Stop every process, all at once: each worker's warm shutdown takes a second or
+    two, and they need not wait for one another."""
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.stop()
 
 
 @dataclass
@@ -263,8 +277,7 @@ def make_stack(tmp_path: Path, **overrides: str) -> Iterator[Stack]:
         stack.run("sous", "db", "upgrade")
         yield stack
     finally:
-        for proc in stack.processes:
-            proc.stop()
+        stop_all(stack.processes)
         rabbitmqctl("delete_vhost", name)
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
