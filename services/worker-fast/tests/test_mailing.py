@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from sous_core.email_params import EmailParams
 from sous_core.errors import PermanentJobError, TransientJobError
 from sous_core.settings import Settings
-from sous_worker_fast.mailing import SmtpConfig, send_email
+from sous_worker_fast.mailing import SmtpConfig, _SMTP, send_email
 
 QUEUED = "250 2.0.0 Ok: queued as 4Bc1"
 
@@ -455,3 +455,16 @@ def test_a_failed_hand_over_record_leaves_the_message_unended(
 
     assert "DATA" not in recorder.events  # the server never saw the end: nothing delivered
     assert recorder.received == []
+
+
+def test_the_connection_sends_small_writes_at_once(server: tuple[Recorder, SmtpConfig]) -> None:
+    """TCP_NODELAY: the message's end (a write of its own, see ``_SMTP.data``) must not wait
+    for the server to acknowledge the body; a server delays that acknowledgement (40 ms on
+    Linux) because it has nothing to answer before the end, and every email waited."""
+    _recorder, config = server
+    smtp = _SMTP(config.host, config.port, timeout=config.timeout)
+    try:
+        assert smtp.sock is not None
+        assert smtp.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        smtp.close()

@@ -8,6 +8,7 @@ import email.policy
 import email.utils
 import re
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,14 @@ class _SMTP(smtplib.SMTP):
 
     data_reply: tuple[int, bytes] | None = None
     before_final_dot: Callable[[], None] | None = None
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # Without TCP_NODELAY, the message's end waits for the server to acknowledge the
+        # message: the server has nothing to answer before the end, so it delays that
+        # acknowledgement (40 ms on Linux) and every email took that much longer.
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def data(self, msg: Any) -> tuple[int, bytes]:
         # smtplib.SMTP.data, with the message and its end sent apart.
