@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from sous_core.email_params import EmailParams
 from sous_core.errors import PermanentJobError, TransientJobError
 from sous_core.settings import Settings
-from sous_worker_fast.mailing import SmtpConfig, _SMTP, send_email
+from sous_worker_fast.mailing import _SMTP, SmtpConfig, send_email
 
 QUEUED = "250 2.0.0 Ok: queued as 4Bc1"
 
