@@ -33,7 +33,8 @@ def test_live_objects_are_frozen_and_garbage_is_collected_first() -> None:
 
     frozen = freeze_startup_objects()
 
-    assert frozen == gc.get_freeze_count() > 0
+    # Frozen objects may be freed afterwards (by another thread too), never added to.
+    assert 0 < gc.get_freeze_count() <= frozen
     assert garbage() is None, "start-up garbage was frozen instead of collected"
     # What is alive now sits in the permanent generation, out of every collection's walk.
     assert not any(candidate is alive for candidate in gc.get_objects(generation=2))
