@@ -4,7 +4,7 @@ Starts its own Sous installation (private database, vhost and Redis DB), the API
 prefork heavy worker, on 127.0.0.1. Results are printed and merged into
 ``bench/results.json``.
 
-* overhead: a 30 s 720p clip to ``mp4-h264-720p`` through Sous vs the very ffmpeg command
+* overhead: a 60 s 720p clip to ``mp4-h264-720p`` through Sous vs the very ffmpeg command
   the worker runs, run directly with the same thread count (a pool of one), alternating,
   median of ``--runs``. Sous is timed two ways: the job (its ``created_at`` →
   ``finished_at``) and end to end on the client's clock (upload included).
@@ -117,7 +117,7 @@ def with_pool(tmp: Path, processes: int, action: Callable[[httpx.Client], _T]) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30, help="overhead clip length")
+    parser.add_argument("--seconds", type=float, default=60, help="overhead clip length")
     parser.add_argument("--burst-seconds", type=float, default=10, help="throughput clip length")
     parser.add_argument("--burst", type=int, default=4, help="jobs per throughput burst")
     parser.add_argument("--runs", type=int, default=3, help="overhead repetitions (median)")
