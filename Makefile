@@ -51,7 +51,7 @@ bench-quick: install services tools ## A one-minute smoke run of the benchmarks
 	@$(UV) run --frozen python bench/fast_jobs.py --runs 1 --emails 100 --sequential-urls 5 --no-save
 	@$(UV) run --frozen python bench/transcodes.py --seconds 10 --burst-seconds 3 --burst 2 --runs 1 --no-save
 
-bench-drain: install services tools ## Queue 100,000 jobs, drain them, report memory (about 10 minutes)
+bench-drain: install services tools ## Queue 100,000 jobs, drain them, report memory (about 8 minutes)
 	@$(UV) run --frozen python bench/drain.py --jobs 100000 --plot bench/drain.png
 
 up: ## Run the whole stack in Docker (compose.yaml): API on :8000, Grafana on :3000
