@@ -13,12 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from sous_core import apikeys, quotas, submissions
 from sous_core.celery_app import create_celery_app
 from sous_core.db.engine import make_engine
+from sous_core.resources import JobResource
 from sous_core.settings import Settings
 from support.scrape import scrape
 from support.stack import TERMINAL, Api, Origin, Stack, wait_for_job, wait_until
@@ -261,3 +262,43 @@ def test_a_key_committed_while_a_batch_waits_to_insert_it_is_answered_as_a_repla
         other.close()
         celery.close()
         engine.dispose()
+
+
+def test_replays_in_a_batch_are_answered_from_one_query(stack: Stack) -> None:
+    engine = make_engine(stack.database_url())
+    settings = Settings(
+        broker_url=stack.env["SOUS_BROKER_URL"], result_backend=stack.env["SOUS_RESULT_BACKEND"]
+    )
+    celery = create_celery_app("test-batch-replays", settings, publisher_confirms=True)
+    with Session(engine) as session, session.begin():
+        tenant = apikeys.get_or_create_tenant(session, f"replays-{secrets.token_hex(3)}")[0].id
+    params = {"url": "https://example.com/"}
+    keys = [f"replay-{n}-{secrets.token_hex(4)}" for n in range(3)]
+
+    def requests() -> list[submissions.Submission]:
+        return [submissions.Submission(tenant, "fetch", params, idempotency_key=k) for k in keys]
+
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    try:
+        with Session(engine) as session:
+            first = submissions.submit_many(session, celery, requests())
+        event.listen(engine, "before_cursor_execute", record)
+        with Session(engine) as session:
+            again = submissions.submit_many(session, celery, requests() + requests())
+            answers = [JobResource.from_job(outcome[0]) for outcome in again]  # type: ignore[index]
+        event.remove(engine, "before_cursor_execute", record)
+    finally:
+        celery.close()
+        engine.dispose()
+    assert [outcome[1] for outcome in again] == [True] * 6  # type: ignore[index]
+    created = [outcome[0].id for outcome in first]  # type: ignore[index]
+    assert [answer.id for answer in answers] == created + created
+    # The key lookup is the only read: no row is read again to answer (before, each
+    # replayed job was expired by the batch's rollback and reloaded by the answer).
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 1, reads
+    assert not [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]

@@ -300,6 +300,10 @@ def submit_many(
         session,
         {(r.tenant_id, r.idempotency_key) for r in requests if r.idempotency_key is not None},
     )
+    for used_job in used.values():
+        # Answered as they are now: detached, the batch's rollback and commit do not expire
+        # them, so answering a replay reads no row again.
+        session.expunge(used_job)
     first_with_key: set[tuple[uuid.UUID, str]] = set()
     one_by_one: list[int] = []
     for index, request in enumerate(requests):
