@@ -7,13 +7,15 @@ import secrets
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, text
+from celery import Celery
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
 from sous_core import apikeys, quotas, submissions
@@ -202,98 +204,98 @@ def test_idempotency_keys_in_batches_make_one_job_per_key_and_replay_the_rest(
     assert batches_after - batches_before < len(requests)  # and some shared one
 
 
+@contextlib.contextmanager
+def in_process(stack: Stack, name: str) -> Iterator[tuple[Engine, Celery, uuid.UUID]]:
+    """``submit_many`` called directly, as an API process does: an engine on the stack's
+    database, a confirming Celery app on its vhost and a new tenant."""
+    engine = make_engine(stack.database_url())
+    settings = Settings(
+        broker_url=stack.env["SOUS_BROKER_URL"], result_backend=stack.env["SOUS_RESULT_BACKEND"]
+    )
+    celery = create_celery_app(f"test-{name}", settings, publisher_confirms=True)
+    try:
+        with Session(engine) as session, session.begin():
+            tenant = apikeys.get_or_create_tenant(session, f"{name}-{secrets.token_hex(3)}")[0]
+            tenant_id = tenant.id
+        yield engine, celery, tenant_id
+    finally:
+        celery.close()
+        engine.dispose()
+
+
 def test_a_key_committed_while_a_batch_waits_to_insert_it_is_answered_as_a_replay(
     stack: Stack,
 ) -> None:
     # Another API process holds the new key in an uncommitted INSERT: the batch looked the
     # key up (not there yet), its INSERT waits on the unique index, and once the other
     # commits it fails; the batch then submits that request on its own, which replays.
-    engine = make_engine(stack.database_url())
-    settings = Settings(
-        broker_url=stack.env["SOUS_BROKER_URL"], result_backend=stack.env["SOUS_RESULT_BACKEND"]
-    )
-    celery = create_celery_app("test-batch-race", settings, publisher_confirms=True)
-    with Session(engine) as session, session.begin():
-        tenant = apikeys.get_or_create_tenant(session, f"race-{secrets.token_hex(3)}")[0].id
-    key, params = f"race-{secrets.token_hex(4)}", {"url": "https://example.com/"}
-    fingerprint = submissions.request_fingerprint("fetch", params, None)
-    other = Session(engine)
-    holder = submissions._new_job(
-        now=datetime.now(UTC), tenant_id=tenant, kind="fetch", params=params,
-        idempotency_key=key, request_sha256=fingerprint, callback_url=None, schedule_id=None,
-    )  # fmt: skip
-    other.add(holder)
-    other.flush()  # the row and its key are written, not committed
-    outcomes: list[Any] = []
+    with in_process(stack, "race") as (engine, celery, tenant):
+        key, params = f"race-{secrets.token_hex(4)}", {"url": "https://example.com/"}
+        fingerprint = submissions.request_fingerprint("fetch", params, None)
+        other = Session(engine)
+        holder = submissions._new_job(
+            now=datetime.now(UTC), tenant_id=tenant, kind="fetch", params=params,
+            idempotency_key=key, request_sha256=fingerprint, callback_url=None, schedule_id=None,
+        )  # fmt: skip
+        other.add(holder)
+        other.flush()  # the row and its key are written, not committed
+        outcomes: list[Any] = []
 
-    def batch() -> None:
-        with Session(engine) as session:
-            request = submissions.Submission(tenant, "fetch", params, idempotency_key=key)
-            outcomes.extend(submissions.submit_many(session, celery, [request]))
+        def batch() -> None:
+            with Session(engine) as session:
+                request = submissions.Submission(tenant, "fetch", params, idempotency_key=key)
+                outcomes.extend(submissions.submit_many(session, celery, [request]))
 
-    thread = threading.Thread(target=batch)
-    try:
-        thread.start()
-        with engine.connect() as probe:
-            wait_until(
-                lambda: (
-                    probe.execute(
-                        text("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                    ).scalar_one()
-                    > 0
-                ),
-                10,
-                "the batch's INSERT to wait on the key",
-            )
-        other.commit()
-        thread.join(30)
-        [outcome] = outcomes
-        assert not isinstance(outcome, Exception), outcome
-        job, replayed = outcome
-        assert (job.id, replayed) == (holder.id, True)
-        with Session(engine) as session:
-            assert (
-                session.scalar(
-                    text("SELECT count(*) FROM jobs WHERE idempotency_key = :key"), {"key": key}
+        thread = threading.Thread(target=batch)
+        try:
+            thread.start()
+            with engine.connect() as probe:
+                wait_until(
+                    lambda: (
+                        probe.execute(
+                            text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                        ).scalar_one()
+                        > 0
+                    ),
+                    10,
+                    "the batch's INSERT to wait on the key",
                 )
-                == 1
-            )
-    finally:
-        other.close()
-        celery.close()
-        engine.dispose()
+            other.commit()
+            thread.join(30)
+            [outcome] = outcomes
+            assert not isinstance(outcome, Exception), outcome
+            job, replayed = outcome
+            assert (job.id, replayed) == (holder.id, True)
+            with Session(engine) as session:
+                assert (
+                    session.scalar(
+                        text("SELECT count(*) FROM jobs WHERE idempotency_key = :key"), {"key": key}
+                    )
+                    == 1
+                )
+        finally:
+            other.close()
 
 
 def test_replays_in_a_batch_are_answered_from_one_query(stack: Stack) -> None:
-    engine = make_engine(stack.database_url())
-    settings = Settings(
-        broker_url=stack.env["SOUS_BROKER_URL"], result_backend=stack.env["SOUS_RESULT_BACKEND"]
-    )
-    celery = create_celery_app("test-batch-replays", settings, publisher_confirms=True)
-    with Session(engine) as session, session.begin():
-        tenant = apikeys.get_or_create_tenant(session, f"replays-{secrets.token_hex(3)}")[0].id
     params = {"url": "https://example.com/"}
     keys = [f"replay-{n}-{secrets.token_hex(4)}" for n in range(3)]
-
-    def requests() -> list[submissions.Submission]:
-        return [submissions.Submission(tenant, "fetch", params, idempotency_key=k) for k in keys]
-
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)
 
-    try:
+    with in_process(stack, "replays") as (engine, celery, tenant):
+        requests = [
+            submissions.Submission(tenant, "fetch", params, idempotency_key=k) for k in keys
+        ]
         with Session(engine) as session:
-            first = submissions.submit_many(session, celery, requests())
+            first = submissions.submit_many(session, celery, requests)
         event.listen(engine, "before_cursor_execute", record)
         with Session(engine) as session:
-            again = submissions.submit_many(session, celery, requests() + requests())
+            again = submissions.submit_many(session, celery, requests + requests)
             answers = [JobResource.from_job(outcome[0]) for outcome in again]  # type: ignore[index]
         event.remove(engine, "before_cursor_execute", record)
-    finally:
-        celery.close()
-        engine.dispose()
     assert [outcome[1] for outcome in again] == [True] * 6  # type: ignore[index]
     created = [outcome[0].id for outcome in first]  # type: ignore[index]
     assert [answer.id for answer in answers] == created + created
