@@ -9,8 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sous_core.db.engine import dispose_engine
+from sous_core.db.migrate import upgrade
+from sous_core.settings import get_settings
 from support.sinks import SmtpSink, WebhookReceiver
-from support.stack import Api, Origin, Stack, make_stack
+from support.stack import Api, Origin, Stack, make_stack, private_database
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +69,19 @@ def receiver() -> Iterator[WebhookReceiver]:
     server = WebhookReceiver()
     yield server
     server.close()
+
+
+@pytest.fixture
+def process_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private, migrated PostgreSQL database that the process engine
+    (``session_scope``) uses, as in a worker."""
+    with private_database("sous_process") as url:
+        upgrade(url)
+        monkeypatch.setenv("SOUS_DATABASE_URL", url)
+        get_settings.cache_clear()
+        dispose_engine()
+        try:
+            yield url
+        finally:
+            dispose_engine()
+            get_settings.cache_clear()

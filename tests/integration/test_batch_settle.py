@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -15,26 +13,19 @@ from sous_core.db.engine import make_engine
 from sous_core.db.migrate import upgrade
 from sous_core.db.models import Job
 from sous_core.states import JobState
-from support.stack import PG_ADMIN_URL
+from support.stack import private_database
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def one_connection_engine() -> Iterator[Engine]:
-    name = f"sous_it_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
+    with private_database("sous_it") as url:
         upgrade(url)
         # One connection, a short wait for it: settling must not need a second one.
         engine = make_engine(url, pool_size=1, pool_timeout=2)
         yield engine
         engine.dispose()
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_the_last_child_settles_its_batch_with_a_pool_of_one(one_connection_engine) -> None:

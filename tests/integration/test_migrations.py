@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -13,19 +11,15 @@ from alembic.runtime.migration import MigrationContext
 from sous_core.db.engine import make_engine
 from sous_core.db.migrate import current_revision, downgrade, upgrade
 from sous_core.db.models import Base
-from support.stack import PG_ADMIN_URL
+from support.stack import private_database
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def database_url() -> Iterator[str]:
-    name = f"sous_mig_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with private_database("sous_mig") as url:
+        yield url
 
 
 def test_migrations_match_the_models_and_round_trip(database_url: str) -> None:

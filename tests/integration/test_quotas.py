@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
@@ -21,7 +20,7 @@ from sous_core import apikeys, quotas
 from sous_core.db.engine import make_engine
 from sous_core.db.migrate import upgrade
 from sous_core.submissions import SubmissionRefused
-from support.stack import PG_ADMIN_URL, Api, Origin, Stack
+from support.stack import Api, Origin, Stack, private_database
 
 pytestmark = pytest.mark.integration
 
@@ -141,14 +140,9 @@ def test_the_cli_names_unknown_tenants_and_metrics(stack: Stack) -> None:
 
 @pytest.fixture
 def database_url() -> Iterator[str]:
-    name = f"sous_quota_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    upgrade(url)
-    yield url
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with private_database("sous_quota") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,36 +12,15 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from sous_core import apikeys, maintenance
-from sous_core.db.engine import dispose_engine, session_scope
-from sous_core.db.migrate import upgrade
+from sous_core.db.engine import session_scope
 from sous_core.db.models import Job
-from sous_core.settings import get_settings
 from sous_core.storage import job_dir
-from support.stack import PG_ADMIN_URL
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=45)
 RECENT = NOW - timedelta(days=2)
-
-
-@pytest.fixture
-def database_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private, migrated PostgreSQL database that the process engine uses."""
-    name = f"sous_retention_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    upgrade(url)
-    monkeypatch.setenv("SOUS_DATABASE_URL", url)
-    get_settings.cache_clear()
-    dispose_engine()
-    yield url
-    dispose_engine()
-    get_settings.cache_clear()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def add_jobs(count: int, finished_at: datetime | None, state: str = "succeeded") -> list[uuid.UUID]:
@@ -75,7 +52,7 @@ def job_count() -> int:
 
 
 def test_purge_deletes_in_batches_keeps_newer_jobs_and_vacuums(
-    database_url: str, tmp_path: Path
+    process_database: str, tmp_path: Path
 ) -> None:
     old = add_jobs(2500, OLD)
     for job_id in old[:10]:
@@ -95,7 +72,7 @@ def test_purge_deletes_in_batches_keeps_newer_jobs_and_vacuums(
     assert left == set(newer) | set(unfinished)
 
     assert maintenance.vacuum_analyze() is True
-    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+    with psycopg.connect(process_database.replace("+psycopg", "")) as conn:
         row = conn.execute(
             "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables WHERE relname = 'jobs'"
         ).fetchone()
@@ -110,10 +87,10 @@ def test_purge_deletes_in_batches_keeps_newer_jobs_and_vacuums(
 
 
 def test_a_purge_skips_rows_another_transaction_holds_instead_of_waiting(
-    database_url: str, tmp_path: Path
+    process_database: str, tmp_path: Path
 ) -> None:
     held, *others = add_jobs(30, OLD)
-    with psycopg.connect(database_url.replace("+psycopg", "")) as other:
+    with psycopg.connect(process_database.replace("+psycopg", "")) as other:
         other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (held,))
         outcome: list[maintenance.PurgeReport] = []
         purge = threading.Thread(

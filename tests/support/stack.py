@@ -19,6 +19,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,9 @@ class Proc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_tail(self, lines: int) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
     def wait_for_log(self, pattern: str, timeout: float) -> None:
         def seen() -> bool:
             if self.popen.poll() is not None:
@@ -183,6 +187,42 @@ class Proc:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+#: Lines of each log a failed test's report shows.
+REPORT_LINES = 40
+RABBITMQ_LOGS = Path("/var/log/rabbitmq")
+
+
+def failure_report(processes: list[Proc], since: datetime) -> str:
+    """The last lines of each process's log and of the RabbitMQ log since ``since``."""
+    parts = []
+    for proc in processes:
+        state = "running" if proc.popen.poll() is None else f"exited {proc.popen.returncode}"
+        parts.append(f"----- {proc.label} (pid {proc.popen.pid}, {state}) -----")
+        parts.append(proc.log_tail(REPORT_LINES))
+    broker = _rabbitmq_log_since(since)
+    if broker:
+        parts.append("----- RabbitMQ log -----")
+        parts.extend(broker[-REPORT_LINES:])
+    return "\n".join(parts)
+
+
+def _rabbitmq_log_since(since: datetime) -> list[str]:
+    """The RabbitMQ log's lines stamped at or after ``since`` (none if it is not readable)."""
+    stamp = since.strftime("%Y-%m-%d %H:%M:%S")
+    lines: list[str] = []
+    for path in sorted(RABBITMQ_LOGS.glob("rabbit@*.log")):
+        with contextlib.suppress(OSError):
+            text = path.read_text(errors="replace").splitlines()
+            # Continuation lines have no stamp: keep them with the line they continue.
+            keep = False
+            for line in text:
+                if line[:4].isdigit():
+                    keep = line[:19] >= stamp
+                if keep:
+                    lines.append(line)
+    return lines
 
 
 def stop_all(processes: list[Proc]) -> None:
@@ -247,19 +287,43 @@ def claim_redis_db(timeout: float = 120) -> int:
         time.sleep(0.5)
 
 
+def database_url(name: str) -> str:
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def create_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def private_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (its SQLAlchemy URL), dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    create_database(name)
+    try:
+        yield database_url(name)
+    finally:
+        drop_database(name)
+
+
 @contextlib.contextmanager
 def make_stack(tmp_path: Path, **overrides: str) -> Iterator[Stack]:
     name = f"sous_it_{secrets.token_hex(4)}"
     redis_db = claim_redis_db()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    create_database(name)
     rabbitmqctl("add_vhost", name)
     rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
     env = {
         **os.environ,
         "SOUS_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{name}",
         "SOUS_RESULT_BACKEND": f"redis://127.0.0.1:6379/{redis_db}",
-        "SOUS_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+        "SOUS_DATABASE_URL": database_url(name),
         "SOUS_RABBITMQ_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:15672",
         "SOUS_FETCH_ALLOW_NETWORKS": "127.0.0.1/32",
         "SOUS_MAX_RETRIES": "2",
@@ -273,14 +337,18 @@ def make_stack(tmp_path: Path, **overrides: str) -> Iterator[Stack]:
         **overrides,
     }
     stack = Stack(name=name, env=env, workdir=tmp_path)
+    started = datetime.now(UTC)
     try:
         stack.run("sous", "db", "upgrade")
         yield stack
+    except Exception:
+        # What CI shows of a failed test: the end of each process's log and the broker's.
+        print(failure_report(stack.processes, started), file=sys.stderr)
+        raise
     finally:
         stop_all(stack.processes)
         rabbitmqctl("delete_vhost", name)
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
         client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
         client.flushdb()
         client.close()

@@ -170,8 +170,8 @@ def _replay_one(producer: Producer, message: Message, letter: DeadLetter) -> str
         if letter.job_id is None:
             _republish(producer, message, letter.queue)
         else:
-            # The row is locked until commit: a worker taking the message at once waits,
-            # then finds the job queued.
+            # The row is locked until commit: a worker taking the message at once waits
+            # for the lock (jobs.start_job), then finds the job queued.
             with session_scope() as session:
                 jobs.requeue_failed(session, letter.job_id)
                 _republish(producer, message, letter.queue)

@@ -161,6 +161,16 @@ def _start_statement() -> Any:
 _START = _start_statement()
 
 
+def _lock_statement() -> Any:
+    table = cast(Table, Job.__table__)
+    job_id = bindparam("job_id", type_=table.c.id.type)
+    return select(table.c.id).where(table.c.id == job_id).with_for_update()
+
+
+#: Waits for any transaction changing the job's row (``start_job``).
+_LOCK = _lock_statement()
+
+
 def start_job(session: Session, job_id: uuid.UUID, live_within: float) -> Any | None:
     """``transition(job, RUNNING, unless_cancel_requested=True)`` with the error cleared,
     for the job runner: the row's id, kind, params, attempts and result, or ``None`` when
@@ -173,10 +183,26 @@ def start_job(session: Session, job_id: uuid.UUID, live_within: float) -> Any | 
 
     A statement built once rather than per call: building it was a third of a fast
     worker's CPU per job.
+
+    When it matches nothing, the row is locked and the statement tried once more. An
+    ``UPDATE`` skips a row whose committed version fails its ``WHERE`` without waiting
+    for a transaction that is changing it, so a job an operator's replay is putting back
+    to ``queued`` (``requeue_failed`` commits only once the message is confirmed, and the
+    message may already be here) would look ``failed`` and its only message be dropped.
+    The lock waits for such a transaction; the second try sees what it committed.
     """
+    connection = session.connection()
+    started = _execute_start(connection, job_id, live_within)
+    if started is None:
+        connection.execute(_LOCK, {"job_id": job_id})
+        started = _execute_start(connection, job_id, live_within)
+    return started
+
+
+def _execute_start(connection: Connection, job_id: uuid.UUID, live_within: float) -> Any | None:
     now = utcnow()
     values = {"job_id": job_id, "now": now, "live_since": now - timedelta(seconds=live_within)}
-    return session.connection().execute(_START, values).one_or_none()
+    return connection.execute(_START, values).one_or_none()
 
 
 def is_live(job: Job, live_within: float, now: datetime | None = None) -> bool:
