@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,37 +40,38 @@ def failed_job() -> uuid.UUID:
         return job.id
 
 
-def start_in_thread(job_id: uuid.UUID) -> tuple[threading.Thread, list[Any]]:
+def start_during_replay(job_id: uuid.UUID, end_replay: Callable[[Session], None]) -> Any:
+    """What ``start_job`` returns when it runs while a replay requeues the job, and
+    ``end_replay`` (commit or roll back) ends that replay once the start is waiting."""
     outcome: list[Any] = []
 
     def start() -> None:
         with session_scope() as session:
             outcome.append(jobs.start_job(session, job_id, live_within=30))
 
-    thread = threading.Thread(target=start)
-    thread.start()
-    return thread, outcome
+    replay: Session = session_factory()()
+    try:
+        jobs.requeue_failed(replay, job_id)  # not committed: the confirm is awaited
+        thread = threading.Thread(target=start)
+        thread.start()
+        thread.join(SETTLE)
+        assert thread.is_alive(), f"the start did not wait for the replay: {outcome}"
+        end_replay(replay)
+        thread.join(30)
+        assert not thread.is_alive()
+    finally:
+        replay.close()
+    [started] = outcome
+    return started
 
 
 def test_a_start_waits_for_the_replay_that_requeues_the_job_then_runs_it(
     process_database: str,
 ) -> None:
     job_id = failed_job()
-    replay: Session = session_factory()()
-    try:
-        jobs.requeue_failed(replay, job_id)  # not committed: the confirm is awaited
 
-        thread, outcome = start_in_thread(job_id)
-        thread.join(SETTLE)
-        assert thread.is_alive(), f"the start did not wait for the replay: {outcome}"
+    started = start_during_replay(job_id, Session.commit)
 
-        replay.commit()
-        thread.join(30)
-        assert not thread.is_alive()
-    finally:
-        replay.close()
-
-    [started] = outcome
     assert started is not None, "the replayed job was not started"
     assert started.attempts == 3  # two deaths, then the replayed run
     with session_scope() as session:
@@ -81,19 +83,9 @@ def test_a_start_after_a_replay_that_rolled_back_leaves_the_job_failed(
 ) -> None:
     # The broker refused the message: the replay rolls back, and the job stays failed.
     job_id = failed_job()
-    replay: Session = session_factory()()
-    try:
-        jobs.requeue_failed(replay, job_id)
-        thread, outcome = start_in_thread(job_id)
-        thread.join(SETTLE)
-        assert thread.is_alive()
-        replay.rollback()
-        thread.join(30)
-        assert not thread.is_alive()
-    finally:
-        replay.close()
 
-    assert outcome == [None]
+    assert start_during_replay(job_id, Session.rollback) is None
+
     with session_scope() as session:
         job = jobs.get_job(session, job_id)
         assert job.state == JobState.FAILED.value
