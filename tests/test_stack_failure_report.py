@@ -12,24 +12,30 @@ from support import stack
 from support.stack import REPORT_LINES, Proc, failure_report
 
 
-def test_the_report_holds_the_end_of_each_process_log(tmp_path: Path) -> None:
-    printer = Proc.start(
+def printer(tmp_path: Path, lines: int) -> Proc:
+    """A finished process that printed ``line 0`` … ``line N-1``."""
+    proc = Proc.start(
         "printer",
-        [sys.executable, "-c", "for n in range(100): print(f'line {n}')"],
+        [sys.executable, "-c", f"for n in range({lines}): print(f'line {{n}}')"],
         {},
         tmp_path / "printer.log",
     )
-    printer.popen.wait(30)
+    proc.popen.wait(30)
+    return proc
 
-    report = failure_report([printer], datetime.now(UTC))
 
-    assert f"----- printer (pid {printer.popen.pid}, exited 0) -----" in report
+def test_the_report_holds_the_end_of_each_process_log(tmp_path: Path) -> None:
+    proc = printer(tmp_path, 100)
+
+    report = failure_report([proc], datetime.now(UTC))
+
+    assert f"----- printer (pid {proc.popen.pid}, exited 0) -----" in report
     lines = report.splitlines()
     assert lines[-REPORT_LINES:] == [f"line {n}" for n in range(100 - REPORT_LINES, 100)]
     assert "line 59\n" not in report
 
 
-def test_the_report_holds_the_broker_log_since_the_stack_started(
+def test_the_report_holds_the_broker_log_since_the_stack_started_then_the_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "rabbit@host.log").write_text(
@@ -39,12 +45,15 @@ def test_the_report_holds_the_broker_log_since_the_stack_started(
         "2026-12-05 02:04:09.000000+00:00 [info] <0.3.0> later\n"
     )
     monkeypatch.setattr(stack, "RABBITMQ_LOGS", tmp_path)
+    proc = printer(tmp_path, 1)
 
-    report = failure_report([], datetime(2026, 12, 5, 2, 4, 8, 100000, tzinfo=UTC))
+    report = failure_report([proc], datetime(2026, 12, 5, 2, 4, 8, 100000, tzinfo=UTC))
 
     assert report.splitlines() == [
         "----- RabbitMQ log -----",
         "2026-12-05 02:04:08.236761+00:00 [error] <0.2.0>     supervisor: x",
         "    continued on the next line",
         "2026-12-05 02:04:09.000000+00:00 [info] <0.3.0> later",
+        f"----- printer (pid {proc.popen.pid}, exited 0) -----",
+        "line 0",
     ]

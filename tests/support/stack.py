@@ -195,16 +195,21 @@ RABBITMQ_LOGS = Path("/var/log/rabbitmq")
 
 
 def failure_report(processes: list[Proc], since: datetime) -> str:
-    """The last lines of each process's log and of the RabbitMQ log since ``since``."""
+    """The last lines of the RabbitMQ log since ``since`` and of each process's log.
+
+    The processes come last, in the order they started: where a report is cut to its
+    end, what is left is the most recently started process, most often the one the test
+    was waiting for.
+    """
     parts = []
-    for proc in processes:
-        state = "running" if proc.popen.poll() is None else f"exited {proc.popen.returncode}"
-        parts.append(f"----- {proc.label} (pid {proc.popen.pid}, {state}) -----")
-        parts.append(proc.log_tail(REPORT_LINES))
     broker = _rabbitmq_log_since(since)
     if broker:
         parts.append("----- RabbitMQ log -----")
         parts.extend(broker[-REPORT_LINES:])
+    for proc in processes:
+        state = "running" if proc.popen.poll() is None else f"exited {proc.popen.returncode}"
+        parts.append(f"----- {proc.label} (pid {proc.popen.pid}, {state}) -----")
+        parts.append(proc.log_tail(REPORT_LINES))
     return "\n".join(parts)
 
 
