@@ -117,15 +117,20 @@ class Sampler:
 
 
 def summarise(samples: list[dict[str, Any]], jobs: int, drain_start: float) -> dict[str, Any]:
-    """Per process: RSS at warm-up (a tenth of the jobs finished), at the end, the peak."""
+    """Per process: RSS at warm-up (a tenth of the jobs finished), at the end, the peak.
+
+    Workers start one after another: one that was not sampled yet when a tenth had
+    finished (a short run, a slow start) is warm from its first sample.
+    """
     draining = [s for s in samples if s["t"] >= drain_start]
-    warm = next((s for s in draining if s["finished"] >= jobs // 10), draining[0])
     end = draining[-1]
     memory: dict[str, Any] = {}
     for key in end:
         if not key.endswith("_rss_mib") and key != "redis_used_mib":
             continue
         name = key.removesuffix("_rss_mib")
+        sampled = [s for s in draining if key in s]
+        warm = next((s for s in sampled if s["finished"] >= jobs // 10), sampled[0])
         peak = max(s[key] for s in samples if key in s)
         memory[name] = {
             "warm_mib": warm[key],
