@@ -142,14 +142,28 @@ def test_a_failed_write_fails_its_batch_only() -> None:
 
 def test_waiting_items_can_be_refused_without_being_written() -> None:
     class RefusingAfterFirst(Doubler):
+        """Writes a batch only once the test opens ``gate``; says when it is writing."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.writing = asyncio.Event()
+            self.gate = asyncio.Event()
+
+        async def write(self, items: list[int]) -> list[int | Exception]:
+            self.writing.set()
+            await self.gate.wait()
+            return await super().write(items)
+
         def after_batch(self, outcomes: list[int | Exception]) -> None:
             self.refuse_waiting(lambda n: LookupError(f"refused {n}"))
 
     async def run() -> tuple[RefusingAfterFirst, list[int | BaseException]]:
         writer = RefusingAfterFirst()
         first = asyncio.ensure_future(writer.put(1))
-        await asyncio.sleep(0.005)  # 2 and 3 wait while [1] is written
-        rest = [writer.put(n) for n in [2, 3]]
+        await writer.writing.wait()  # [1] is being written
+        rest = [asyncio.ensure_future(writer.put(n)) for n in [2, 3]]
+        await asyncio.sleep(0)  # 2 and 3 are waiting
+        writer.gate.set()
         results = await asyncio.gather(first, *rest, return_exceptions=True)
         return writer, results
 
